@@ -1,0 +1,7 @@
+"""``python -m mmtune`` (what ``torchrun -m mmtune`` runs)."""
+
+import sys
+
+from mmtune.cli import main
+
+sys.exit(main())
