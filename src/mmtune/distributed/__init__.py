@@ -1,0 +1,1 @@
+"""Process groups and parallelism: FSDP2, tensor parallel, activation checkpointing, compile."""

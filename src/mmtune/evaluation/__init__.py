@@ -1,0 +1,1 @@
+"""Evaluation metrics (captioning and VQA) and the evaluation runner."""

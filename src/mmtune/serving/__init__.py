@@ -1,0 +1,1 @@
+"""Inference on top of a saved model: engine, web demo, OpenAI-compatible API, terminal chat."""

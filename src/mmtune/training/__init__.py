@@ -1,0 +1,1 @@
+"""The trainer: optimizer, schedule, loss, checkpoints, metrics. Composes models/, data/ and distributed/."""
