@@ -96,6 +96,11 @@ def test_stop_ids_end_each_row_and_are_not_returned(vlm):
         expected = row[:row.index(stop)] if stop in row else row
         assert tokens == expected
     assert len(stopped[1]) <= 4
+    with_stop = SamplingParams(max_new_tokens=12, stop_ids=[stop], include_stop=True)
+    streamed: list[list[int]] = [[] for _ in PROMPTS]
+    kept = generate(vlm, PROMPTS, params=with_stop, on_token=lambda row, token: streamed[row].append(token))
+    assert kept[1] == stopped[1] + [stop] and kept == streamed
+    assert kept[0] == stopped[0] + ([stop] if stop in free[0] else [])
 
 
 def test_on_token_streams_every_returned_token_in_order(vlm):

@@ -35,7 +35,9 @@ class SamplingParams:
     seed: Optional[int] = None
     """Seed of the sampling generator; the same seed gives the same tokens. None draws a fresh one."""
     stop_ids: Sequence[int] = ()
-    """A row stops at the first of these ids; the stop id itself is not returned nor streamed."""
+    """A row stops at the first of these ids."""
+    include_stop: bool = False
+    """Also return (and stream) the stop id that ended a row, so callers can tell a stop from the budget."""
 
     def check(self) -> None:
         """Raises :class:`ConfigError` (a ``ValueError``) for values outside their range."""
@@ -155,7 +157,8 @@ def _generator(device: torch.device, seed: Optional[int]) -> torch.Generator:
 def generate(model: nn.Module, prompts: list[list[int]], pixel_values: Optional[torch.Tensor] = None,
              params: Optional[SamplingParams] = None, on_token: Optional[TokenCallback] = None,
              use_cache: bool = True) -> list[list[int]]:
-    """Continues each prompt; returns the new token ids per prompt (stop ids left out).
+    """Continues each prompt; returns the new token ids per prompt (stop ids left out unless
+    ``params.include_stop``).
 
     ``model`` is a ``VisionLanguageModel`` (``llm`` + ``embed_inputs``) or a bare ``Transformer``;
     ``prompts`` already hold the image placeholder positions for ``pixel_values``. ``on_token(row,
@@ -179,8 +182,9 @@ def generate(model: nn.Module, prompts: list[list[int]], pixel_values: Optional[
     logits = decoder.first() if budget else None
     for step in range(budget):
         tokens = sample_next(logits, params.temperature, params.top_p, generator)
+        active = ~done
         done |= torch.isin(tokens, stop)
-        for row in (~done).nonzero().flatten().tolist():
+        for row in (active if params.include_stop else ~done).nonzero().flatten().tolist():
             token = int(tokens[row])
             out[row].append(token)
             if on_token is not None:

@@ -177,6 +177,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v)
         gqa = q.shape[1] != k.shape[1]
+        if gqa and mask is not None:  # SDPA's GQA runs only in the flash/math kernels, which take no mask
+            repeats = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+            gqa = False
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                              enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
