@@ -12,7 +12,7 @@ sample ids nor a cache the causal fast path (``is_causal=True``) runs.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -247,7 +247,7 @@ class Transformer(nn.Module):
         self.rope_cos = angles.cos()
         self.rope_sin = angles.sin()
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "Transformer":
         """Casts like ``nn.Module`` but rebuilds the RoPE tables in fp32 when a cast changed them."""
         super()._apply(fn, recurse)
         if self.rope_cos.dtype != torch.float32:
