@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from mmtune.config import ModelConfig
 from mmtune.errors import ConfigError
 from mmtune.models.generate import SamplingParams, generate, sample_next
-from mmtune.models.llama import Transformer
+from mmtune.models.llama import KVCache, Transformer
 
 VOCAB = 97
 IMAGE_ID = VOCAB  # like <image>: one past the decoder's vocabulary
@@ -141,3 +143,12 @@ def test_bad_params_raise(vlm, params, field):
 def test_bad_prompts_raise(vlm, prompts):
     with pytest.raises(ConfigError, match="prompts"):
         generate(vlm, prompts)
+
+
+def test_bf16_model_generates_with_a_bf16_cache(vlm):
+    llm = copy.deepcopy(vlm.llm).to(torch.bfloat16)
+    assert KVCache.for_model(llm, 2, 8).k[0].dtype == torch.bfloat16
+    params = SamplingParams(max_new_tokens=6)
+    out = generate(llm, PROMPTS, params=params)
+    assert [len(r) for r in out] == [6, 6, 6]
+    assert [r[0] for r in out] == [r[0] for r in generate(llm, PROMPTS, params=params, use_cache=False)]
