@@ -152,6 +152,26 @@ def world_texts(out_dir: str | Path) -> Iterable[str]:
         yield from json.loads(line)["caption"]
 
 
+def template_texts() -> list[str]:
+    """The fixed text of every prompt template (intros, headers, system prompts), for the vocabulary."""
+    from mmtune.data.records import Message, Record, caption_record
+    from mmtune.data.templates import TEMPLATES
+    from mmtune.errors import DataError
+
+    user, answer = Message("user", "x", input="y"), Message("assistant", "z")
+    records = [Record((user, answer, Message("user", "x"), answer)),
+               Record((Message("system", "s"), Message("user", "x"), answer)),
+               caption_record("z", prefix="p")]
+    texts = []
+    for template in TEMPLATES.values():
+        for record in records:
+            try:
+                texts.extend(seg.text for seg in template.render(record) if seg.kind == "text")
+            except DataError:
+                continue
+    return texts
+
+
 def write_tokenizer(out_dir: str | Path, texts: Iterable[str]) -> Path:
     """Writes a word-level tokenizer (tokenizer.json + tokenizer_config.json) covering ``texts``.
 
@@ -185,7 +205,7 @@ def write_world(out_dir: str | Path, seed: int = 0, image_size: int = 32, sizes:
                 extra_texts: Iterable[str] = ()) -> Path:
     """Generates the whole world under ``out_dir`` (see the module docstring); deterministic in ``seed``.
 
-    ``extra_texts`` (e.g. prompt templates) are added to the tokenizer's vocabulary.
+    The tokenizer's vocabulary covers the world, every prompt template and ``extra_texts``.
     """
     sizes = sizes or WorldSizes()
     out = Path(out_dir)
@@ -196,6 +216,6 @@ def write_world(out_dir: str | Path, seed: int = 0, image_size: int = 32, sizes:
     _write_stage1(out / "stage1", stage1, rng, sizes, image_size)
     _write_stage2(out, stage2, rng, sizes, image_size)
     _write_heldout(out, heldout, rng, sizes, image_size)
-    write_tokenizer(out / "tokenizer", [*world_texts(out), *extra_texts])
+    write_tokenizer(out / "tokenizer", [*world_texts(out), *template_texts(), *extra_texts])
     _dump(out / "world.json", {"seed": seed, "image_size": image_size, "sizes": vars(sizes)})
     return out
