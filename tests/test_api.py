@@ -40,7 +40,7 @@ class ScriptedEngine:
         self.running.set()
         if not self.hold.wait(20):
             raise TimeoutError("held too long")
-        words = ["you", " said:"] + [" " + w for w in request.turns[-1].text.split()]
+        words = ["you", " said:"] + [" " + w for w in request.messages[-1].content.split()]
         words = words[:request.max_new_tokens]
         for word in words:
             if on_text:
@@ -121,8 +121,8 @@ def test_image_parts_and_extensions_reach_the_engine(served):
     assert client.post("/v1/chat/completions", json=request).status_code == 200
     seen = engine.seen[-1]
     assert seen.image.startswith(b"\x89PNG")
-    assert [(t.role, t.text) for t in seen.turns] == [("system", "Be brief."),
-                                                      ("user", "what  is<image> this?\n\nextra")]
+    assert [(m.role, m.content, m.input) for m in seen.messages] == [
+        ("system", "Be brief.", ""), ("user", "what  is<image> this?", "extra")]
     assert (seen.prefix, seen.template, seen.seed, seen.temperature) == ("It is", "none", 3, 0.0)
 
 
@@ -133,6 +133,8 @@ def test_image_parts_and_extensions_reach_the_engine(served):
     (json.dumps(chat("x", temperature=-1)).encode(), "temperature"),
     (json.dumps(chat("x", top_p=0)).encode(), "top_p"),
     (json.dumps(chat("x", n=2)).encode(), "n"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}).encode(),
+     "system message"),
     (json.dumps({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}).encode(), "data URI"),
     (json.dumps({"messages": [{"role": "user", "content": [

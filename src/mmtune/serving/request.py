@@ -11,23 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass
-class Turn:
-    """One message of a conversation as a front end received it."""
-
-    role: Role
-    text: str
+from mmtune.data.records import Message
 
 
 @dataclass
 class ChatRequest:
     """A conversation to continue, with at most one image and the sampling settings."""
 
-    turns: list[Turn]
-    """Messages in order; the model answers after the last one (a user turn, or none for captioning)."""
+    messages: list[Message]
+    """The conversation so far; the model answers after the last message (a user turn, or none for
+    captioning). A user message may hold the ``<image>`` marker where the image goes."""
     image: Optional[bytes] = None
     """Encoded image file (PNG, JPEG, WebP, ...) or None for a text-only request."""
     prefix: Optional[str] = None

@@ -18,11 +18,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmtune.data.records import IMAGE_MARKER, Message
 from mmtune.errors import MMTuneError
-from mmtune.serving.request import ChatRequest, Completion, Turn
+from mmtune.serving.request import ChatRequest, Completion
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
-IMAGE_MARKER = "<image>"
 
 
 class RequestError(MMTuneError):
@@ -83,20 +83,20 @@ def parse_request(data: Any, default_max_tokens: int) -> tuple[ChatCompletionReq
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RequestError(f"invalid request: {where}: {first['msg']}") from None
-    turns, image = _turns(body.messages)
+    messages, image = _messages(body.messages)
     if body.input:
-        if not turns or turns[-1].role != "user":
+        if not messages or messages[-1].role != "user":
             raise RequestError("'input' needs a last message from the user")
-        turns[-1] = Turn("user", f"{turns[-1].text}\n\n{body.input}")
+        messages[-1] = Message("user", messages[-1].content, input=body.input.replace(IMAGE_MARKER, ""))
     request = ChatRequest(
-        turns=turns, image=image, prefix=body.prefix or None, template=body.template,
+        messages=messages, image=image, prefix=body.prefix or None, template=body.template,
         max_new_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
         temperature=body.temperature, top_p=body.top_p, seed=body.seed)
     return body, request
 
 
-def _turns(messages: list[ChatMessage]) -> tuple[list[Turn], Optional[bytes]]:
-    turns: list[Turn] = []
+def _messages(messages: list[ChatMessage]) -> tuple[list[Message], Optional[bytes]]:
+    out: list[Message] = []
     image: Optional[bytes] = None
     for message in messages:
         role = "system" if message.role == "developer" else message.role
@@ -113,8 +113,10 @@ def _turns(messages: list[ChatMessage]) -> tuple[list[Turn], Optional[bytes]]:
                 raise RequestError("at most one image per request is supported")
             image = decode_data_uri(part.image_url.url)
             texts.append(IMAGE_MARKER)
-        turns.append(Turn(role, "".join(texts)))
-    return turns, image
+        out.append(Message(role, "".join(texts)))
+    if any(m.role == "system" for m in out[1:]):
+        raise RequestError("a system message may only come first")
+    return out, image
 
 
 def decode_data_uri(url: str) -> bytes:

@@ -1,0 +1,31 @@
+"""``mmtune serve``: the web demo and the OpenAI-compatible API in one process.
+
+Under ``torchrun --nproc-per-node N -m mmtune serve ...`` the model is split over the N ranks (tensor
+parallel); rank 0 serves HTTP and the other ranks follow each request.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mmtune.commands.generate import add_sampling_arguments
+
+    add_sampling_arguments(p, max_new_tokens=256)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: the MMTUNE_API_KEY variable, else none)")
+    p.add_argument("--name", default=None, help="model id shown by /v1/models (default: the model folder's name)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="largest image in pixels (default: the model's vision.max_image_pixels)")
+    p.add_argument("--max-pending", type=int, default=8,
+                   help="requests queued or running before new ones get 503 (default 8)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmtune.serving.launch import serve_from_args
+
+    return serve_from_args(args)

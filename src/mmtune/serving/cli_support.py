@@ -1,0 +1,52 @@
+"""What the serving commands share: building the engine and the request from command-line options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from mmtune.data.records import Message
+from mmtune.errors import ConfigError, DataError
+from mmtune.serving.engine import Engine
+from mmtune.serving.request import ChatRequest
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    """Loads ``--model`` on ``--device`` in ``--dtype`` with ``--template`` as the default."""
+    import torch
+
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bf16" if str(args.device).startswith("cuda") else "fp32"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError("--device", args.device, "a torch device such as cpu or cuda:0") from None
+    return Engine.from_dir(args.model, device=str(device), dtype=getattr(torch, DTYPES[dtype]),
+                           template=args.template or "alpaca",
+                           max_image_pixels=getattr(args, "max_image_pixels", None))
+
+
+def local_image(path: Optional[str]) -> Optional[bytes]:
+    """The bytes of a local image file (no URL is ever fetched); None when no path is given."""
+    if path is None:
+        return None
+    if "://" in path:
+        raise DataError(f"--image takes a local file, not a URL: {path}")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"image file not found: {path}")
+    return file.read_bytes()
+
+
+def request_from_args(args: argparse.Namespace, image: Optional[bytes], prompt: str = "", extra_input: str = "",
+                      prefix: Optional[str] = None) -> ChatRequest:
+    """A request from the sampling options; an empty prompt means plain captioning (no user message)."""
+    messages = [Message("user", prompt, input=extra_input)] if prompt or extra_input else []
+    return ChatRequest(messages=messages, image=image, prefix=prefix if prefix is not None else getattr(args, "prefix", None),
+                       template=args.template, system_prompt=args.system_prompt,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       seed=args.seed)
