@@ -82,11 +82,13 @@ class Engine:
         return {"templates": self.renderer.templates(), "default_template": self.default_template,
                 "max_seq_len": self.max_seq_len}
 
-    def _record(self, request: ChatRequest, answer: str = "") -> Record:
+    def _record(self, request: ChatRequest, answer: Optional[str] = None) -> Record:
         messages = list(request.messages)
         if request.system_prompt:
             messages = [Message("system", request.system_prompt)] + [m for m in messages if m.role != "system"]
-        return Record(messages=(*messages, Message("assistant", answer)), image=request.image, prefix=request.prefix)
+        if answer is not None:
+            messages.append(Message("assistant", answer))
+        return Record(messages=tuple(messages), image=request.image, prefix=request.prefix)
 
     def _pixels(self, image: Optional[bytes]) -> Optional[torch.Tensor]:
         if image is None:
