@@ -1,0 +1,37 @@
+"""Hugging Face Llama / Mistral / Qwen2 directories (``config.json`` + safetensors) -> mmtune.
+
+One ``model.safetensors`` or shards named by ``model.safetensors.index.json``; tensors are read one
+at a time, renamed and un-permuted (q/k rows back to Meta's interleaved RoPE pairs) by
+:mod:`mmtune.models.adapters.hf_llama`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmtune.checkpoints.pipeline import Source, Tensors
+from mmtune.checkpoints.reading import iter_safetensors, read_json, safetensors_files
+from mmtune.config import ConnectorConfig, VisionConfig
+from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict
+
+
+def hf_source(model_dir: str | Path) -> Source:
+    """A :class:`Source` over a Hugging Face Llama-family directory (tokenizer files included)."""
+    model_dir = Path(model_dir)
+    cfg = from_hf_config(read_json(model_dir / "config.json", "Hugging Face config.json"))
+    files = safetensors_files(model_dir)
+
+    def tensors(shapes: dict[str, torch.Size]) -> Tensors:
+        done: set[str] = set()
+        for name, tensor in iter_safetensors(files):
+            for key, value in from_hf_state_dict({name: tensor}, cfg).items():
+                if cfg.tie_embeddings and key in done:
+                    continue  # a tied output already filled from the embedding
+                done.add(key)
+                yield "llm." + key, value
+
+    return Source(model=cfg, vision=VisionConfig(kind="none"), connector=ConnectorConfig(),
+                  tensors=tensors, tokenizer=model_dir,
+                  description=f"Hugging Face {cfg.n_layers}-layer decoder from {model_dir}")
