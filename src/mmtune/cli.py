@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "serve": "Serve the web demo and the OpenAI-compatible API (tensor parallel under torchrun).",
     "bench": "Throughput benchmarks (train, generate, data) against baselines measured in the same run.",
     "plan": "Predict per-GPU memory of a full-parameter run and pick the cheapest layout that fits.",
+    "convert": "Convert Meta, Hugging Face or LLaMA2-Accessory weights into an mmtune model directory.",
 }
 
 
