@@ -1,0 +1,146 @@
+"""Process groups and device meshes for one process or a ``torchrun`` job (single or multi node).
+
+``torchrun`` (its rendezvous, nothing home-made) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+without them the run is one process with a one-rank process group, so FSDP2 runs the same code path
+everywhere. The backend is NCCL on GPUs and gloo on CPUs. :func:`shutdown` frees the model and optimizer before destroying the process
+group: destroying it while they are alive aborts some gloo runs at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from mmtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits: global rank, world size, device, and the meshes.
+
+    ``dp_rank``/``dp_size`` index the data-parallel replicas (tensor-parallel ranks of one replica see
+    the same data); ``mesh`` is the full mesh (1-D ``("dp",)`` or 2-D ``("dp", "tp")``), None until
+    :func:`init_distributed` sets it.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    tp: int = 1
+    mesh: Optional[DeviceMesh] = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on global rank 0 (logging, progress bars, small files)."""
+        return self.rank == 0
+
+    @property
+    def dp_size(self) -> int:
+        """Number of data-parallel replicas."""
+        return self.world_size // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        """This process's data-parallel index."""
+        return self.rank // self.tp
+
+    @property
+    def dp_mesh(self) -> Optional[DeviceMesh]:
+        """The data-parallel (FSDP) sub-mesh, or None for one process."""
+        if self.mesh is None:
+            return None
+        return self.mesh["dp"] if self.mesh.ndim == 2 else self.mesh
+
+    @property
+    def tp_mesh(self) -> Optional[DeviceMesh]:
+        """The tensor-parallel sub-mesh, or None without tensor parallelism."""
+        return self.mesh["tp"] if self.mesh is not None and self.mesh.ndim == 2 else None
+
+    @property
+    def dp_group(self) -> Optional[dist.ProcessGroup]:
+        """The process group over which data (and token counts) are split."""
+        mesh = self.dp_mesh
+        return mesh.get_group() if mesh is not None else None
+
+
+def init_distributed(tp: int = 1, timeout_minutes: float = 30.0) -> DistEnv:
+    """Joins the ``torchrun`` job described by the environment, or starts a one-process group.
+
+    A single process still gets a process group (on an in-memory store) and a one-rank mesh, so the
+    same FSDP2 code path runs everywhere. Raises ConfigError when ``tp`` does not divide the world size.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world % tp:
+        raise ConfigError("parallel.tp", tp, f"a divisor of the number of processes ({world})")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    env = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, tp=tp)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timedelta(minutes=timeout_minutes)
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    shape, names = ((world // tp, tp), ("dp", "tp")) if tp > 1 else ((world,), ("dp",))
+    env.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
+    log.info("rank %d of %d on %s (dp %d x tp %d)", rank, world, device, world // tp, tp)
+    return env
+
+
+def all_reduce_sum(value: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Sums ``value`` over ``group`` (a no-op without a process group); returns the reduced tensor."""
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+    return value
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Waits for every rank (a no-op in one process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown(holder: Optional[dict] = None) -> None:
+    """Drops the references in ``holder`` (model, optimizer, ...), collects garbage, then destroys the
+    process group, so that every process exits with code 0."""
+    if holder is not None:
+        holder.clear()
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

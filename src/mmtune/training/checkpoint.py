@@ -1,0 +1,192 @@
+"""Training checkpoints with ``torch.distributed.checkpoint`` (DCP): atomic, pruned, resharding.
+
+A run directory holds ``checkpoints/step_00000010/`` etc. Each checkpoint holds the sharded model and
+optimizer (DCP files plus ``.metadata``), ``trainer_state.pt`` (step, scheduler, data-loader states,
+RNG states, bad-step counters), ``checkpoint.json`` (step, world size, ``image_token_id``), the resolved
+``config.yaml`` and the ``tokenizer/``. Everything is written under ``step_N.tmp`` and renamed only when
+complete, so a crash mid-save never leaves a complete-looking partial checkpoint; the newest
+``keep_last`` are kept. DCP reshards on load, so a checkpoint from N ranks resumes on M ranks.
+:func:`export_checkpoint` turns one into a saved-model directory in a single process (no torchrun).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
+
+from mmtune.distributed.env import barrier
+from mmtune.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+STATE_FILE = "trainer_state.pt"
+INFO_FILE = "checkpoint.json"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(output_dir) / "checkpoints"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True for a complete checkpoint directory (renamed from its temporary name, all files there)."""
+    return (STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
+            and (path / STATE_FILE).is_file() and (path / INFO_FILE).is_file())
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_checkpoint(p)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def resolve_resume(resume: Optional[str], output_dir: str | Path) -> Optional[Path]:
+    """The checkpoint to resume from: None for a fresh run, ``auto`` for the newest complete one in
+    ``output_dir`` (None if there is none), or a path to a checkpoint or run directory."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if is_checkpoint(path):
+        return path
+    found = list_checkpoints(path) if path.is_dir() else []
+    if not found:
+        raise CheckpointError(f"--resume {resume}: not a complete checkpoint nor a run directory holding one")
+    return found[-1]
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict, info: dict, write_extras: Callable[[Path], None],
+                    keep_last: int, is_main: bool) -> Path:
+    """Writes checkpoint ``step`` atomically (collective: every rank calls it) and prunes old ones.
+
+    ``trainer_state`` is already gathered from all ranks; rank 0 writes it, ``info`` and whatever
+    ``write_extras(dir)`` writes (config, tokenizer) into the temporary directory before the rename.
+    """
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f"step_{step:08d}.tmp"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    if is_main:
+        torch.save(trainer_state, tmp / STATE_FILE)
+        write_extras(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps({**info, "step": step}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        prune(output_dir, keep_last)
+        log.info("saved checkpoint %s", final)
+    barrier()
+    return final
+
+
+def prune(output_dir: str | Path, keep_last: int) -> None:
+    """Deletes all but the newest ``keep_last`` complete checkpoints, and stale temporary ones."""
+    root = checkpoint_root(output_dir)
+    for stale in root.glob("step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Loads model and optimizer shards from ``path`` (any number of ranks); returns the trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Loads only the model weights of training checkpoint ``path`` into a (sharded) model."""
+    model_sd = get_model_state_dict(model)
+    state = {"model": model_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])
+
+
+def read_info(path: Path) -> dict:
+    """The ``checkpoint.json`` of a checkpoint (step, world size, image token id)."""
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path}: not a complete training checkpoint")
+    return json.loads((path / INFO_FILE).read_text())
+
+
+def load_plain(path: Path, model: nn.Module) -> None:
+    """Loads the weights of checkpoint ``path`` into an unsharded model, in one process (no process
+    group needed); raises CheckpointError naming missing or unexpected weights."""
+    model_sd = model.state_dict()
+    state = {"model": model_sd}
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as exc:  # DCP raises plain runtime errors for missing keys or wrong shapes
+        raise CheckpointError(f"{path}: cannot load into this model: {str(exc).splitlines()[0]}") from None
+    model.load_state_dict(state["model"])
+
+
+def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
+    """Turns training checkpoint ``ckpt_dir`` (or the newest one in a run directory) into a saved-model
+    directory ``out_dir`` via ``models.io.save_model``; single process, CPU, fp32."""
+    from mmtune.config import load_config
+    from mmtune.models.io import save_model
+    from mmtune.models.tokenizer import Tokenizer
+    from mmtune.models.vlm import build_model
+
+    path = resolve_resume(str(ckpt_dir), ckpt_dir)
+    assert path is not None
+    info = read_info(path)
+    cfg = load_config(path / "config.yaml")
+    tok_dir = path / "tokenizer"
+    tokenizer = Tokenizer.from_path(str(tok_dir if tok_dir.is_dir() else cfg.tokenizer.path))
+    model = build_model(cfg, info["image_token_id"], device="cpu")
+    load_plain(path, model)
+    save_model(model, str(out_dir), tokenizer=tokenizer)
+    log.info("exported %s (step %d) to %s", path, info["step"], out_dir)
+    return Path(out_dir)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU and CUDA)."""
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`rng_state` returned."""
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

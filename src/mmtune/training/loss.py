@@ -1,0 +1,47 @@
+"""The language-modelling loss: a sum over supervised tokens, divided by the step's global count.
+
+Labels arrive already shifted (``labels[b, t]`` is the target of the logits at ``t``) with ``-100`` for
+positions that are not supervised. Dividing the per-micro-batch sums by the number of supervised tokens
+in the whole optimizer step, over all ranks, makes the loss and its gradient the same whatever the
+accumulation, padding, packing or number of ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from mmtune.distributed.env import all_reduce_sum
+
+IGNORE_INDEX = -100
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of fp32 cross-entropies over positions whose label is not ``-100``.
+
+    ``logits`` [B, T, V], ``labels`` [B, T]; returns a scalar (0 when nothing is supervised).
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def step_counts(micro_batches: Sequence[dict], group: Optional[dist.ProcessGroup] = None,
+                device: Optional[torch.device] = None) -> dict[str, int]:
+    """Supervised tokens, real tokens and samples in all ``micro_batches`` of this step, summed over
+    ``group`` with one all-reduce.
+
+    Real tokens have ``sample_ids >= 0``; a row holds ``max(sample_ids) + 1`` samples (without sample
+    ids: every token is real and every row one sample).
+    """
+    supervised = tokens = samples = 0
+    for b in micro_batches:
+        supervised += int((b["labels"] != IGNORE_INDEX).sum())
+        ids = b.get("sample_ids")
+        tokens += int((ids >= 0).sum()) if ids is not None else b["input_ids"].numel()
+        samples += int((ids.amax(dim=1) + 1).sum()) if ids is not None else b["input_ids"].shape[0]
+    counts = torch.tensor([supervised, tokens, samples], dtype=torch.int64, device=device)
+    counts = all_reduce_sum(counts, group).tolist()
+    return {"supervised": counts[0], "tokens": counts[1], "samples": counts[2]}

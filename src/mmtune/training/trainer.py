@@ -1,0 +1,274 @@
+"""The trainer for both stages: FSDP2 model, AdamW, warm-up + cosine, exact loss, checkpoints, metrics.
+
+One optimizer step = ``accumulation`` micro-batches per data-parallel rank, where
+``accumulation = global_batch_size / (micro_batch_size * dp_size)``. The loss is the sum of token
+cross-entropies divided by the number of supervised tokens of the whole step over all ranks, so
+1 rank and N ranks give the same losses at the same global batch. A step whose loss or gradient norm
+is not finite is skipped (no update) and counted; ``max_bad_steps`` in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from mmtune.config import Config, save_config
+from mmtune.distributed.env import DistEnv, all_gather_objects
+from mmtune.distributed.materialize import materialize
+from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize
+from mmtune.errors import ConfigError, DataError, MMTuneError
+from mmtune.training import checkpoint as ckpt
+from mmtune.training.loss import step_counts, token_loss_sum
+from mmtune.training.metrics import MetricsLogger, flops_per_token, peak_flops, peak_memory_gb
+from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("positions", "sample_ids", "pixel_values")
+
+
+@dataclass
+class RunParts:
+    """What a run needs besides its config.
+
+    ``build_model(device)`` builds the model on ``"cpu"`` (rank 0's initialised copy) or ``"meta"``;
+    ``loader`` yields this rank's micro-batch dicts (docs/architecture.md) and has ``state_dict``,
+    ``load_state_dict`` and ``rows_per_epoch``; ``load_source_weights(model, path)`` loads a saved-model
+    directory into rank 0's copy; ``write_extras(dir)`` adds files (tokenizer) to each checkpoint.
+    """
+
+    build_model: Callable[[str], nn.Module]
+    loader: Any
+    image_token_id: Optional[int] = None
+    load_source_weights: Optional[Callable[[nn.Module, str], None]] = None
+    write_extras: Optional[Callable[[Path], None]] = None
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step measured."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    counts: dict
+    skipped: bool
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, dp_size: int) -> int:
+    """Micro-batches per rank and step; ConfigError unless the global batch divides evenly."""
+    if global_batch % (micro_batch * dp_size):
+        raise ConfigError("training.global_batch_size", global_batch,
+                          f"a multiple of micro_batch_size x data-parallel ranks = {micro_batch * dp_size}")
+    return global_batch // (micro_batch * dp_size)
+
+
+def total_steps(cfg: Config, loader: Any) -> int:
+    """``training.max_steps``, else ``ceil(epochs * rows_per_epoch / global_batch_size)``."""
+    if cfg.training.max_steps is not None:
+        return cfg.training.max_steps
+    rows = loader.rows_per_epoch() if callable(getattr(loader, "rows_per_epoch", None)) \
+        else getattr(loader, "rows_per_epoch", None)
+    if not rows:
+        raise ConfigError("training.max_steps", None, "a number of steps (the data's length is unknown)")
+    return max(1, math.ceil(cfg.training.epochs * rows / cfg.training.global_batch_size))
+
+
+def init_from_kind(path: str) -> str:
+    """``checkpoint`` (a training checkpoint or run directory) or ``saved`` (a saved-model directory)."""
+    p = Path(path)
+    if ckpt.is_checkpoint(p) or ckpt.list_checkpoints(p):
+        return "checkpoint"
+    if (p / "config.json").is_file():
+        return "saved"
+    raise ConfigError("training.init_from", path, "a saved-model directory or a training checkpoint")
+
+
+class Trainer:
+    """Builds the sharded model and optimizer for ``cfg`` on ``env`` and runs :meth:`fit`."""
+
+    def __init__(self, cfg: Config, env: DistEnv, parts: RunParts):
+        self.cfg, self.env, self.parts = cfg, env, parts
+        self.out = Path(cfg.training.output_dir)
+        self.accum = accumulation_steps(cfg.training.global_batch_size, cfg.training.micro_batch_size,
+                                        env.dp_size)
+        self.total_steps = total_steps(cfg, parts.loader)
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, cfg.training, env.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.training, self.total_steps)
+        self.step = self.bad_in_row = self.skipped = 0
+        self.last_saved: Optional[Path] = None
+        self.flops_per_token = self._flops_per_token()
+
+    def _build_model(self) -> nn.Module:
+        """Rank 0 builds (or loads) an ordinary CPU copy; all ranks shard a meta build and fill it."""
+        cfg, env = self.cfg, self.env
+        torch.manual_seed(cfg.training.seed)
+        kind = init_from_kind(cfg.training.init_from) if cfg.training.init_from else None
+        source = self.parts.build_model("cpu") if env.is_main else None
+        if source is not None and kind == "saved":
+            assert self.parts.load_source_weights is not None, "no loader for saved-model weights"
+            self.parts.load_source_weights(source, cfg.training.init_from)
+        model = self.parts.build_model("meta")
+        model.train()
+        if hasattr(model, "set_trainable"):
+            model.set_trainable(cfg.trainable)
+        dtype = compute_dtype(cfg.training.dtype, env.device)
+        parallelize(model, cfg.parallel, env.dp_mesh, env.tp_mesh, dtype)
+        materialize(model, source, env.device)
+        del source
+        if kind == "checkpoint":
+            path = ckpt.resolve_resume(cfg.training.init_from, cfg.training.init_from)
+            ckpt.load_model_weights(path, model)
+            log.info("initialised from training checkpoint %s", path)
+        return model
+
+    def _flops_per_token(self) -> float:
+        dec = getattr(decoder(self.model), "cfg", None)
+        if dec is None:
+            return 0.0
+        return flops_per_token(self.model, self.cfg.data.max_seq_len, dec.n_layers, dec.dim)
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self, micro_batches: list[dict]) -> StepResult:
+        """Forward/backward over this rank's micro-batches, then clip and update (or skip)."""
+        counts = step_counts(micro_batches, self.env.dp_group, self.env.device)
+        scale = self.env.dp_size / max(counts["supervised"], 1)  # FSDP averages gradients over dp ranks
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        for i, batch in enumerate(micro_batches):
+            self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            loss = token_loss_sum(self.model(batch["input_ids"], **inputs), batch["labels"])
+            (loss * scale).backward()
+            loss_sum += loss.detach().double()
+        torch.distributed.all_reduce(loss_sum, group=self.env.dp_group)
+        loss = float(loss_sum) / max(counts["supervised"], 1)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = clip_grad_norm(params, self.cfg.training.clip_grad)
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm)) or counts["supervised"] == 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not skipped:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, grad_norm, lr, counts, skipped)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _batches(self) -> Iterator[dict]:
+        """This rank's micro-batches on the device, epoch after epoch."""
+        while True:
+            empty = True
+            for batch in self.parts.loader:
+                empty = False
+                yield {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
+                       for k, v in batch.items()}
+            if empty:
+                raise DataError("the training data yielded no batch")
+
+    def fit(self, resume: Optional[Path] = None) -> Optional[Path]:
+        """Trains to ``total_steps`` (continuing from ``resume``); returns the last checkpoint."""
+        if resume is not None:
+            self.load(resume)
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+        metrics = MetricsLogger(self.out, self.env.is_main, self.total_steps, self.step)
+        batches = self._batches()
+        log.info("training steps %d..%d: %d micro-batches of %d rows per rank and step, %d ranks",
+                 self.step + 1, self.total_steps, self.accum, self.cfg.training.micro_batch_size,
+                 self.env.world_size)
+        try:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                micro = [next(batches) for _ in range(self.accum)]
+                waited = time.perf_counter() - started
+                result = self.train_step(micro)
+                self.step += 1
+                self._after_step(result, metrics, started, waited)
+            if self.last_saved is None or not self.last_saved.name.endswith(f"{self.step:08d}"):
+                self.save()
+        finally:
+            metrics.close()
+        return self.last_saved
+
+    def _after_step(self, result: StepResult, metrics: MetricsLogger, started: float, waited: float) -> None:
+        """Counts bad steps, logs metrics and saves on schedule."""
+        if result.skipped:
+            self.skipped += 1
+            self.bad_in_row += 1
+            log.warning("step %d: loss %s, grad norm %s: skipped (%d in a row, %d in all)", self.step,
+                        result.loss, result.grad_norm, self.bad_in_row, self.skipped)
+            if self.bad_in_row >= self.cfg.training.max_bad_steps:
+                kept = self.last_saved or "none saved yet"
+                raise MMTuneError(f"stopped at step {self.step}: {self.bad_in_row} non-finite losses in a row "
+                                  f"(training.max_bad_steps); last good checkpoint: {kept}")
+        else:
+            self.bad_in_row = 0
+        elapsed = time.perf_counter() - started
+        if self.step % self.cfg.training.log_every == 0 or self.step == self.total_steps:
+            metrics.log(self._record(result, elapsed, waited))
+        every = self.cfg.training.save_every
+        if every and self.step % every == 0 and self.step < self.total_steps and not self.bad_in_row:
+            self.save()
+
+    def _record(self, result: StepResult, elapsed: float, waited: float) -> dict:
+        """One line of ``metrics.jsonl``."""
+        c = result.counts
+        record = {"step": self.step, "loss": result.loss, "lr": result.lr,
+                  "grad_norm": result.grad_norm, "tokens_per_s": c["tokens"] / elapsed,
+                  "supervised_tokens_per_s": c["supervised"] / elapsed, "samples_per_s": c["samples"] / elapsed,
+                  "supervised_tokens": c["supervised"], "step_time_s": elapsed,
+                  "data_wait_fraction": waited / elapsed, "peak_memory_gb": peak_memory_gb(self.env.device),
+                  "skipped": result.skipped, "skipped_total": self.skipped}
+        peak = peak_flops(self.env.device)
+        if peak and self.flops_per_token:
+            record["mfu"] = self.flops_per_token * c["tokens"] / elapsed / (peak * self.env.world_size)
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict:
+        """The trainer state of every rank (collective): step, scheduler, loader and RNG states."""
+        loader = self.parts.loader
+        local = {"loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+                 "rng": ckpt.rng_state()}
+        gathered = all_gather_objects(local)
+        return {"step": self.step, "scheduler": self.scheduler.state_dict(), "skipped": self.skipped,
+                "world_size": self.env.world_size, "dp_size": self.env.dp_size,
+                "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+
+    def save(self) -> Path:
+        """Writes a checkpoint of the current step (collective)."""
+        info = {"world_size": self.env.world_size, "image_token_id": self.parts.image_token_id}
+
+        def extras(path: Path) -> None:
+            save_config(self.cfg, path / "config.yaml")
+            if self.parts.write_extras is not None:
+                self.parts.write_extras(path)
+
+        self.last_saved = ckpt.save_checkpoint(self.out, self.step, self.model, self.optimizer, self.state(),
+                                               info, extras, self.cfg.training.keep_last, self.env.is_main)
+        return self.last_saved
+
+    def load(self, path: Path) -> None:
+        """Restores model, optimizer, scheduler, loader and RNG states from checkpoint ``path``."""
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.step, self.skipped = state["step"], state["skipped"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        same = state["world_size"] == self.env.world_size
+        rank = self.env.rank if same else 0
+        loader_state = state["loader"][rank]
+        if loader_state is not None and hasattr(self.parts.loader, "load_state_dict"):
+            self.parts.loader.load_state_dict(loader_state)
+        ckpt.set_rng_state(state["rng"][rank])
+        self.last_saved = path
+        log.info("resumed from %s at step %d (saved on %d ranks)", path, self.step, state["world_size"])
