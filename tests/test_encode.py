@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped, encode_prompt, encode_record
+from mmtune.data.encode import (EncodedSample, RecordEncoder, Skipped, encode_prompt, encode_record,
+                                supervision_spans)
 from mmtune.data.records import Message, Record, caption_record, chat_record
 from mmtune.data.templates import get_template
 from mmtune.errors import ConfigError, DataError
@@ -175,3 +176,10 @@ def test_tokenizer_without_bos_gets_no_bos():
                            max_seq_len=16, system_prompt="")
     assert sample.input_ids.tolist() == [4, 2, 5, 3, 0]
     assert sample.loss_mask.tolist() == [False, False, False, True, True]
+
+
+def test_supervision_spans_read_the_mask_back_as_text(tok):
+    sample = _encode(tok, chat_record([("Hi?", "Yo."), ("Bye?", "Ciao.")]), system_prompt="S.")
+    spans = supervision_spans(sample, lambda ids: tok.decode(ids, skip_special_tokens=False))
+    assert spans == [("<s> S. USER: Hi? ASSISTANT:", False), ("Yo.</s>", True),
+                     ("USER: Bye? ASSISTANT:", False), ("Ciao.</s>", True)]

@@ -9,6 +9,8 @@ Public API:
 * :class:`EncodedSample` (``input_ids``, ``loss_mask``, ``images``, ``n_images``, ``num_image_tokens``,
   ``source``, ``key``, ``truncated``, ``labels()``), :class:`Skipped` (``reason``, ``source``, ``key``).
 * :class:`TextTokenizer`: what is needed of :class:`mmtune.models.tokenizer.Tokenizer`.
+* :func:`supervision_spans` ``(sample, decode) -> [(text, supervised), ...]``: the sample read back as
+  runs of masked and supervised text, to show users exactly what is trained.
 
 How ids are made. The template renders segments (:mod:`mmtune.data.templates`); each is tokenised on
 its own, so the mask comes from the spans and never from re-tokenising string fragments: ``bos`` and
@@ -34,7 +36,7 @@ left with no supervised token is skipped too. Skips are values (:class:`Skipped`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Protocol, Union
+from typing import Callable, Literal, Optional, Protocol, Union
 
 import torch
 
@@ -196,6 +198,16 @@ def encode_prompt(record: Record, tokenizer: TextTokenizer, template: Union[str,
     segments = _render(record, template, image_position, system_prompt, generation=True)
     ids, mask, spans = tokenize_segments(segments, tokenizer, num_image_tokens)
     return _sample(record, ids, mask, spans)
+
+
+def supervision_spans(sample: EncodedSample, decode: Callable[[list[int]], str]) -> list[tuple[str, bool]]:
+    """``sample`` as ``(text, supervised)`` runs, each decoded with ``decode`` (special tokens kept)."""
+    mask = sample.loss_mask
+    if not len(mask):
+        return []
+    bounds = ([0] + ((mask[1:] != mask[:-1]).nonzero().flatten() + 1).tolist() + [len(mask)])
+    ids = sample.input_ids.tolist()
+    return [(decode(ids[a:b]), bool(mask[a])) for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass(frozen=True)
