@@ -17,6 +17,7 @@ import sys
 # name -> one-line help; the module is mmtune.commands.<name with - as _>
 COMMANDS: dict[str, str] = {
     "config": "Show a resolved config, or every config field with its documentation.",
+    "train": "Train either stage (one process, or distributed under torchrun) with exact resume.",
     "generate": "Answer a prompt about an image (streamed), or a JSONL batch of them.",
     "score": "Per-token log-probabilities of an answer given an image and a prompt.",
     "chat": "Multi-turn terminal chat with a model; /image PATH attaches an image.",

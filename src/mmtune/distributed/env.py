@@ -135,12 +135,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def shutdown(holder: Optional[dict] = None) -> None:
+def shutdown(holder: Optional[dict] = None, wait: bool = True) -> None:
     """Drops the references in ``holder`` (model, optimizer, ...), collects garbage, then destroys the
-    process group, so that every process exits with code 0."""
+    process group, so that every process exits with code 0. ``wait=False`` (after an error) skips the
+    final barrier, which other ranks may never reach."""
     if holder is not None:
         holder.clear()
     gc.collect()
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

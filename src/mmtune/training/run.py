@@ -1,0 +1,86 @@
+"""One training run from a config: tokenizer, model builder, data loader, trainer, clean shutdown.
+
+This is what ``mmtune train`` calls on every rank (one process, or each ``torchrun`` worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from mmtune.config import Config
+from mmtune.distributed.env import DistEnv, init_distributed, shutdown
+from mmtune.errors import ConfigError
+from mmtune.training.checkpoint import resolve_resume
+from mmtune.training.trainer import RunParts, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def image_position(cfg: Config) -> str:
+    """Where images sit in the text: right after BOS for the qformer connector (LLaMA2-Accessory),
+    at ``<image>`` for mlp (LLaVA)."""
+    return "after_bos" if cfg.connector.kind == "qformer" else "placeholder"
+
+
+def load_saved_weights(model: nn.Module, directory: str) -> None:
+    """Loads a saved-model directory's weights into ``model`` (CheckpointError naming any missing,
+    unexpected or wrongly shaped weight)."""
+    from mmtune.models.io import read_weights
+    from mmtune.models.vision import check_state_dict
+
+    weights = read_weights(directory)
+    tied = ("llm.output.weight",) if model.model_cfg.tie_embeddings else ()
+    check_state_dict(model, weights, directory, allowed_missing=tied)
+    model.load_state_dict(weights, strict=not tied)
+    log.info("initialised from saved model %s", directory)
+
+
+def build_parts(cfg: Config, env: DistEnv) -> RunParts:
+    """The tokenizer, model builder and this rank's loader for ``cfg``."""
+    from mmtune.data.loader import build_loader
+    from mmtune.models.tokenizer import Tokenizer
+    from mmtune.models.vision import resolve_image_settings
+    from mmtune.models.vlm import build_model
+
+    if not cfg.tokenizer.path:
+        raise ConfigError("tokenizer.path", None, "a tokenizer directory or tokenizer.model file")
+    if not cfg.data.sources and not cfg.data.mixture:
+        raise ConfigError("data.sources", [], "at least one source (or data.mixture)")
+    tokenizer = Tokenizer.from_path(cfg.tokenizer.path)
+    tokenizer.check_fits(cfg.model.vocab_size)
+    image_token_id = tokenizer.image_token_id
+
+    def build(device: str) -> nn.Module:
+        return build_model(cfg, image_token_id, device=device)
+
+    settings = resolve_image_settings(cfg.vision) if cfg.vision.kind != "none" else None
+    loader = build_loader(cfg, tokenizer, num_image_tokens=build("meta").num_image_tokens,
+                          image_position=image_position(cfg), image_settings=settings,
+                          rank=env.dp_rank, world_size=env.dp_size, seed=cfg.training.seed)
+    return RunParts(build_model=build, loader=loader, image_token_id=image_token_id,
+                    load_source_weights=load_saved_weights,
+                    write_extras=lambda path: tokenizer.save(path / "tokenizer"))
+
+
+def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
+    """Trains ``cfg`` on this process's share of the job; returns the last checkpoint directory.
+
+    Every rank releases model and optimizer before the process group goes (so every process exits 0).
+    """
+    env = init_distributed(cfg.parallel.tp)
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    holder: dict = {}
+    ok = False
+    try:
+        holder["parts"] = build_parts(cfg, env)
+        holder["trainer"] = Trainer(cfg, env, holder["parts"])
+        last = holder["trainer"].fit(resolve_resume(resume, cfg.training.output_dir))
+        ok = True
+    finally:
+        shutdown(holder, wait=ok)
+    return last
