@@ -36,7 +36,8 @@ _FOREIGN_PREFIXES = ("text_model.", "language_model.", "language_projection.", "
                      "text_projection.", "visual_projection.")
 _DEFAULT_SIZE = 224
 _CONFIG_NOISE = ("transformers_version", "architectures", "model_type", "_name_or_path", "dtype",
-                 "torch_dtype", "output_hidden_states", "return_dict")
+                 "torch_dtype", "output_hidden_states", "output_attentions", "return_dict", "id2label",
+                 "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder")
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class PatchTower(_Tower):
 
     def hf_config(self) -> dict:
         """The transformers vision config values (without bookkeeping keys)."""
-        return _clean(self.vision_model.config.to_diff_dict())
+        return _clean(self.vision_model.config.to_dict())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` [N, 3, S, S] -> features [N, (S / patch)^2, hidden_size]."""
@@ -241,8 +242,8 @@ class Blip2Tower(_Tower):
     def hf_config(self) -> dict:
         """``vision_config``, ``qformer_config`` and ``num_query_tokens`` as a BLIP-2 config holds them."""
         return {"num_query_tokens": self.num_query_tokens,
-                "vision_config": _clean(self.vision_model.config.to_diff_dict()),
-                "qformer_config": _clean(self.qformer.config.to_diff_dict())}
+                "vision_config": _clean(self.vision_model.config.to_dict()),
+                "qformer_config": _clean(self.qformer.config.to_dict())}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` [N, 3, S, S] -> Q-Former features [N, num_query_tokens, qformer hidden]."""

@@ -1,0 +1,126 @@
+"""mmtune ``VisionLanguageModel`` (CLIP or SigLIP tower + ``mlp`` connector) <-> transformers ``Llava``.
+
+State-dict keys (transformers 5 layout): ``vision.vision_model.X`` <-> ``model.vision_tower.X``,
+``connector.linear_{1,2}`` <-> ``model.multi_modal_projector.linear_{1,2}``, and the decoder through
+:mod:`mmtune.models.adapters.hf_llama` with ``model.`` -> ``model.language_model.`` (``lm_head`` stays).
+Reading also accepts the transformers 4 layout of Hub checkpoints (``language_model.model.*``,
+``language_model.lm_head``, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``).
+
+transformers looks the image token up in the embedding before overwriting it, so a Llava model needs
+``image_token_id < vocab_size``; ``to_llava_state_dict(..., vocab_size=N)`` grows the embedding and
+output rows to ``N`` with the mean embedding (as transformers' own LLaVA conversion does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig
+from mmtune.errors import CheckpointError
+from mmtune.models.adapters.hf_llama import from_hf_state_dict, to_hf_config, to_hf_state_dict
+
+_OURS_TO_HF = {"vision.vision_model.": "model.vision_tower.", "connector.": "model.multi_modal_projector."}
+_HF4_TO_HF5 = {"language_model.model.": "model.language_model.", "language_model.lm_head.": "lm_head.",
+               "vision_tower.vision_model.": "model.vision_tower.",
+               "multi_modal_projector.": "model.multi_modal_projector."}
+_SELECT_STRATEGY = {"clip": "default", "siglip": "full"}
+
+
+def _rename(key: str, table: dict[str, str]) -> Optional[str]:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def _check_supported(vision_cfg: VisionConfig, connector_cfg: ConnectorConfig, model_cfg: ModelConfig) -> None:
+    if vision_cfg.kind not in _SELECT_STRATEGY or connector_cfg.kind != "mlp":
+        raise CheckpointError(f"the Llava layout holds a clip or siglip tower with the mlp connector, not "
+                              f"vision.kind={vision_cfg.kind!r} with connector.kind={connector_cfg.kind!r}")
+    if connector_cfg.hidden_dim not in (None, model_cfg.dim):
+        raise CheckpointError(f"the Llava projector's hidden size is the decoder's dim ({model_cfg.dim}); "
+                              f"connector.hidden_dim={connector_cfg.hidden_dim} cannot be exported")
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    extra = t.mean(dim=0, keepdim=True).expand(rows - t.shape[0], -1)
+    return torch.cat([t, extra.to(t.dtype)], dim=0)
+
+
+def to_llava_state_dict(sd: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                        vocab_size: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """A :class:`VisionLanguageModel` state dict under ``LlavaForConditionalGeneration`` names.
+
+    ``vocab_size`` larger than ``model_cfg.vocab_size`` appends mean-embedding rows to the embedding and
+    output matrices (room for the image token).
+    """
+    llm = {k[len("llm."):]: v for k, v in sd.items() if k.startswith("llm.")}
+    out = {}
+    for key, tensor in to_hf_state_dict(llm, model_cfg).items():
+        out[key.replace("model.", "model.language_model.", 1) if key.startswith("model.") else key] = tensor
+    for key, tensor in sd.items():
+        if key.startswith("llm."):
+            continue
+        renamed = _rename(key, _OURS_TO_HF)
+        if renamed is None:
+            raise CheckpointError(f"no Llava name for {key!r} (only clip/siglip towers with the mlp connector)")
+        out[renamed] = tensor
+    if vocab_size is not None and vocab_size > model_cfg.vocab_size:
+        for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            if key in out:
+                out[key] = _pad_rows(out[key], vocab_size)
+    return out
+
+
+def from_llava_state_dict(sd: dict[str, torch.Tensor], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A ``LlavaForConditionalGeneration`` state dict (transformers 4 or 5 names) under mmtune names.
+
+    Embedding/output rows beyond ``model_cfg.vocab_size`` (padding added for the image token) are cut.
+    """
+    sd = {(_rename(k, _HF4_TO_HF5) or k): v for k, v in sd.items()}
+    hf_to_ours = {new: old for old, new in _OURS_TO_HF.items()}
+    llm, out = {}, {}
+    for key, tensor in sd.items():
+        if key.startswith("model.language_model."):
+            llm["model." + key[len("model.language_model."):]] = tensor
+        elif key.startswith("lm_head."):
+            llm[key] = tensor
+        elif (ours := _rename(key, hf_to_ours)) is not None:
+            out[ours] = tensor
+        elif not key.endswith("position_ids"):
+            raise CheckpointError(f"not a Llava state dict: unexpected key {key!r}")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        if key in llm:
+            llm[key] = llm[key][:model_cfg.vocab_size]
+    out.update({f"llm.{k}": v for k, v in from_hf_state_dict(llm, model_cfg).items()})
+    return out
+
+
+def to_llava_config(model_cfg: ModelConfig, vision_cfg: VisionConfig, connector_cfg: ConnectorConfig,
+                    tower_hf_config: dict[str, Any], image_token_id: int,
+                    vocab_size: Optional[int] = None) -> dict[str, Any]:
+    """``config.json`` values of a ``LlavaForConditionalGeneration`` equal to the mmtune model.
+
+    ``tower_hf_config`` is the tower's transformers config (``model.vision.hf_config()``);
+    ``vocab_size`` overrides the decoder's (see :func:`to_llava_state_dict`).
+    """
+    _check_supported(vision_cfg, connector_cfg, model_cfg)
+    text = to_hf_config(model_cfg)
+    text.update(model_type="llama", vocab_size=vocab_size or model_cfg.vocab_size)
+    if image_token_id >= text["vocab_size"]:
+        raise CheckpointError(f"transformers' Llava embeds the image token: image_token_id {image_token_id} "
+                              f"must be below vocab_size {text['vocab_size']} (pass a larger vocab_size)")
+    vision = dict(tower_hf_config, model_type=f"{vision_cfg.kind}_vision_model")
+    if vision_cfg.kind == "siglip":
+        vision["vision_use_head"] = False
+    patches = (vision.get("image_size", 224) // vision.get("patch_size", 32)) ** 2
+    return {
+        "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": text, "vision_config": vision, "image_token_index": image_token_id,
+        "vision_feature_layer": vision_cfg.feature_layer,
+        "vision_feature_select_strategy": _SELECT_STRATEGY[vision_cfg.kind],
+        "projector_hidden_act": "gelu", "multimodal_projector_bias": True, "image_seq_length": patches,
+        "tie_word_embeddings": model_cfg.tie_embeddings,
+    }
