@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -153,5 +155,7 @@ def test_collate_without_images_has_no_pixel_values_and_needs_a_transform_for_im
     text_only = build_row([_sample([1, 5, 2], 1)], PAD)
     assert "pixel_values" not in collate([text_only])
     with_image = build_row([_sample([1, IMAGE_ID, 2], 2, images=(b"x",))], PAD)
-    with pytest.raises(DataError, match="1 images but no image transform"):
+    with pytest.raises(DataError, match="1 undecoded images but no image transform"):
         collate([with_image])
+    decoded = dataclasses.replace(with_image, images=(torch.ones(3, 4, 4),))
+    assert torch.equal(collate([decoded])["pixel_values"], torch.ones(1, 3, 4, 4))

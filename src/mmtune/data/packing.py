@@ -9,7 +9,8 @@ Public API:
 * :class:`Packer` ``(max_seq_len, pad_id, mode="packed", *, open_rows=4, group_size=64,
   pad_to_max=True)``: a streaming packer: ``push(sample) -> finished rows``, ``flush() -> the rest``,
   ``stats`` (:class:`PackingStats`, with ``padding_fraction``), ``state_dict``/``load_state_dict``.
-* :func:`collate` ``(rows, image_transform=None) -> dict``: the Batch of docs/architecture.md.
+* :func:`collate` ``(rows, image_transform=None) -> dict``: the Batch of docs/architecture.md. A row's
+  images are references (decoded with ``image_transform``) or tensors already decoded (taken as they are).
 
 Modes. ``packed``: several samples per row of exactly ``max_seq_len`` tokens, placed best-fit into up to
 ``open_rows`` open rows (when none fits and all are open, the fullest is finished). ``grouped``: one
@@ -217,9 +218,11 @@ def collate(rows: Sequence[Row], image_transform: Optional[Callable[[ImageRef], 
              for name in ("input_ids", "labels", "positions", "sample_ids")}
     refs = [ref for r in rows for ref in r.images]
     if refs:
-        if image_transform is None:
-            raise DataError(f"the batch holds {len(refs)} images but no image transform was given")
-        batch["pixel_values"] = torch.stack([image_transform(ref) for ref in refs])
+        pending = sum(not isinstance(ref, torch.Tensor) for ref in refs)
+        if pending and image_transform is None:
+            raise DataError(f"the batch holds {pending} undecoded images but no image transform was given")
+        batch["pixel_values"] = torch.stack([ref if isinstance(ref, torch.Tensor) else image_transform(ref)
+                                             for ref in refs])
     num_tokens = int((batch["sample_ids"] >= 0).sum())
     batch["num_samples"] = torch.tensor(sum(r.num_samples for r in rows))
     batch["num_supervised"] = (batch["labels"] != IGNORE_INDEX).sum()
