@@ -46,8 +46,20 @@ class PromptRenderer:
         unsupervised = (~sample.loss_mask).nonzero().flatten()
         return int(unsupervised[-1]) + 1 if len(unsupervised) else 0
 
+    @staticmethod
+    def _with_user_turn(record: Record, template: str) -> Record:
+        """A chat template needs a user turn: an empty prompt becomes an empty instruction."""
+        tmpl = get_template(template)
+        if isinstance(tmpl, CaptionTemplate) or tmpl.allow_leading_assistant \
+                or any(m.role == "user" for m in record.messages):
+            return record
+        at = int(bool(record.messages) and record.messages[0].role == "system")
+        messages = (*record.messages[:at], Message("user", ""), *record.messages[at:])
+        return replace(record, messages=messages)
+
     def generation_prompt(self, record: Record, template: str) -> list[int]:
         """Ids of the prompt that the answer continues; ``record`` ends with a user turn (or none)."""
+        record = self._with_user_turn(record, template)
         if not record.prefix or isinstance(get_template(template), CaptionTemplate):
             sample = encode_prompt(record, self.tokenizer, template, num_image_tokens=self.num_image_tokens,
                                    image_position=self.image_position)
@@ -64,7 +76,7 @@ class PromptRenderer:
     def prompt_and_answer(self, record: Record, template: str, with_eos: bool = False
                           ) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids) of a record whose last message is the answer to score."""
-        sample = self._encode(record, template)
+        sample = self._encode(self._with_user_turn(record, template), template)
         ids = sample.input_ids.tolist()
         start = self._answer_start(sample)
         answer = ids[start:] if with_eos else ids[start:-1]
