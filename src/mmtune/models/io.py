@@ -173,6 +173,8 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
     try:
         cfgs = [build(cls, data[key], key) for cls, key in
                 ((ModelConfig, "model"), (VisionConfig, "vision"), (ConnectorConfig, "connector"))]
+        cfgs[0].check("model")
+        cfgs[1].check("vision")
     except ConfigError as exc:
         raise CheckpointError(f"{Path(directory) / 'config.json'}: {exc}") from None
     with torch.device("meta"):
