@@ -6,39 +6,35 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
-from mmtune.config import ModelConfig
+from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.errors import ConfigError
 from mmtune.models.generate import SamplingParams, generate, sample_next
-from mmtune.models.llama import KVCache, Transformer
+from mmtune.models.llama import KVCache
+from mmtune.models.vlm import VisionLanguageModel
 
 VOCAB = 97
 IMAGE_ID = VOCAB  # like <image>: one past the decoder's vocabulary
 CFG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, max_seq_len=64)
 
 
-class StandInVLM(nn.Module):
-    """The two members generate() relies on: ``llm`` and ``embed_inputs`` (images -> 2 positions each)."""
-
-    def __init__(self):
-        super().__init__()
-        self.llm = Transformer(CFG)
-        self.llm.init_weights(std=0.3)
-        self.proj = nn.Linear(3, 2 * CFG.dim)
-
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        is_image = input_ids == IMAGE_ID
-        embeds = self.llm.tok_embeddings(input_ids.masked_fill(is_image, 0))
-        if pixel_values is not None:
-            embeds[is_image] = self.proj(pixel_values.mean(dim=(2, 3))).reshape(-1, CFG.dim)
-        return embeds
+def tiny_vlm(vision: VisionConfig) -> VisionLanguageModel:
+    """The real VisionLanguageModel with a decoder whose logits have clear winners (std 0.3 weights)."""
+    torch.manual_seed(0)
+    model = VisionLanguageModel(CFG, vision, ConnectorConfig(kind="mlp"), IMAGE_ID)
+    model.init_weights()
+    model.llm.init_weights(std=0.3)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
-def vlm() -> StandInVLM:
-    torch.manual_seed(0)
-    return StandInVLM().eval()
+def vlm() -> VisionLanguageModel:
+    return tiny_vlm(VisionConfig(kind="none"))
+
+
+@pytest.fixture(scope="module")
+def clip_vlm() -> VisionLanguageModel:
+    return tiny_vlm(build(VisionConfig, {"preset": "debug-clip"}))
 
 
 PROMPTS = [[1, 5, 9, 14, 3, 7, 22], [1, 40], [1, 8, 8, 2, 61]]
@@ -56,13 +52,16 @@ def test_greedy_with_cache_equals_without_single_and_batch(vlm):
     assert batch[0] == single[0]
 
 
-def test_image_prefix_lives_in_the_cache(vlm):
-    prompts = [[1, IMAGE_ID, IMAGE_ID, 30, 31], [1, IMAGE_ID, IMAGE_ID, 12]]
-    pixels = torch.randn(2, 3, 8, 8)
+def test_image_prefix_lives_in_the_cache(clip_vlm):
+    n = clip_vlm.num_image_tokens
+    prompts = [[1] + [IMAGE_ID] * n + [30, 31], [1] + [IMAGE_ID] * n + [12]]
+    pixels = torch.randn(2, 3, 32, 32)
     params = SamplingParams(max_new_tokens=8)
-    cached = generate(vlm, prompts, pixel_values=pixels, params=params)
-    assert cached == generate(vlm, prompts, pixel_values=pixels, params=params, use_cache=False)
-    assert cached[1] == generate(vlm, prompts[1:], pixel_values=pixels[1:], params=params)[0]
+    cached = generate(clip_vlm, prompts, pixel_values=pixels, params=params)
+    assert cached == generate(clip_vlm, prompts, pixel_values=pixels, params=params, use_cache=False)
+    assert cached[1] == generate(clip_vlm, prompts[1:], pixel_values=pixels[1:], params=params)[0]
+    other = generate(clip_vlm, prompts, pixel_values=torch.randn(2, 3, 32, 32), params=params)
+    assert other != cached  # the image matters
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(vlm):
