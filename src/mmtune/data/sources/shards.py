@@ -1,0 +1,86 @@
+"""Webdataset tar shards in img2dataset's layout, streamed member by member.
+
+A sample is the run of consecutive tar members sharing a key (the member name up to the first dot of
+its file name): ``{key}.jpg|jpeg|png|webp`` (the image), ``{key}.txt`` (the caption) and ``{key}.json``
+(metadata; its ``caption`` field, or ``caption_key``, is used when there is no ``.txt``).
+
+Public API:
+
+* :func:`read_shard` ``(url, opts) -> Iterator[Record | BadRecord]``: the samples of one shard in order.
+  A sample without an image or caption, or with an undecodable ``.json``/``.txt``, is a bad record
+  located at ``shard:key``; a truncated or corrupt tar ends the shard with one bad record located at the
+  last key read. Image bytes are kept encoded (decoded later, in the loader's workers).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from typing import Iterator, Optional, Union
+
+from mmtune.data.badrecords import BadRecord
+from mmtune.data.records import Record
+from mmtune.data.sources.formats import CAPTION_KEYS, EntryOptions, caption_entry
+from mmtune.data.sources.paths import open_binary
+from mmtune.errors import DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``); the extension is everything after the first dot."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _sample(url: str, key: str, parts: dict[str, bytes], opts: EntryOptions) -> Union[Record, BadRecord]:
+    location = f"{url}:{key}"
+    try:
+        entry: dict = {}
+        if "json" in parts:
+            meta = json.loads(parts["json"])
+            entry.update(meta if isinstance(meta, dict) else {})
+        if "txt" in parts:
+            entry["txt"] = parts["txt"].decode("utf-8")
+        image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+        if image is None:
+            return BadRecord(opts.source, location, "no image member (.jpg, .jpeg, .png or .webp)")
+        entry["__image__"] = image
+        entry.setdefault("key", key)
+        caption_key = opts.caption_key or ("txt" if "txt" in entry else None)
+        view = EntryOptions(opts.source, None, "__image__", caption_key or _caption_key(entry), opts.prefix,
+                            opts.prefix_key, opts.template)
+        return caption_entry(entry, view, location, random.Random(0))
+    except (DataError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return BadRecord(opts.source, location, str(exc).removeprefix(f"{location}: "))
+
+
+def _caption_key(entry: dict) -> Optional[str]:
+    return next((k for k in CAPTION_KEYS if k in entry), None)
+
+
+def read_shard(url: str, opts: EntryOptions) -> Iterator[Union[Record, BadRecord]]:
+    """The samples of shard ``url``, streamed (see the module docstring)."""
+    key: Optional[str] = None
+    parts: dict[str, bytes] = {}
+    try:
+        with open_binary(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, ext = split_name(member.name)
+                if key is not None and member_key != key:
+                    yield _sample(url, key, parts, opts)
+                    parts = {}
+                key = member_key
+                handle = tar.extractfile(member)
+                assert handle is not None, f"{member.name} is a file but has no data"
+                parts[ext] = handle.read()
+    except (tarfile.TarError, OSError, EOFError, DataError) as exc:
+        where = f"{url}:{key}" if key is not None else url
+        yield BadRecord(opts.source, where, f"unreadable tar data ({exc}); rest of the shard skipped")
+        return
+    if key is not None:
+        yield _sample(url, key, parts, opts)
