@@ -144,4 +144,7 @@ def _serve(engine: Any, args: argparse.Namespace) -> None:
                        "" if args.api_key or os.environ.get("MMTUNE_API_KEY") else " and without an API key")
     app = create_app(engine, _settings(args))
     logger.info("serving %s on http://%s:%d (web page at /, API at /v1)", args.model, args.host, args.port)
-    make_server(app, args.host, args.port).run()
+    try:
+        make_server(app, args.host, args.port).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the server has stopped cleanly
+        logger.info("server stopped")
