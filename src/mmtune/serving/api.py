@@ -112,9 +112,6 @@ def create_app(engine: ServingEngine, settings: ServerSettings, worker: Optional
     app.router.add_event_handler("shutdown", worker.close)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse(error_body(message, kind), status_code=status)
-
     def authorised(request: Request) -> bool:
         if not settings.api_key:
             return True
@@ -138,39 +135,48 @@ def create_app(engine: ServingEngine, settings: ServerSettings, worker: Optional
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         if not authorised(request):
-            return error(401, "missing or wrong API key", "authentication_error")
+            return _error(401, "missing or wrong API key", "authentication_error")
         card = {"id": settings.model_name, "object": "model", "created": int(time.time()), "owned_by": "mmtune"}
         return JSONResponse({"object": "list", "data": [card]})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         if not authorised(request):
-            return error(401, "missing or wrong API key", "authentication_error")
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error(400, f"the body is not valid JSON: {exc}")
-        try:
-            body, chat = parse_request(data, settings.default_max_tokens)
-            prepared = await run_in_threadpool(engine.prepare, chat)
-        except MMTuneError as exc:
-            return error(400, str(exc))
-        cid = new_id()
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        try:
-            if body.stream:
-                return _stream(engine, worker, prepared, settings.model_name, cid, include_usage)
-            completion = await asyncio.wrap_future(worker.submit(lambda: engine.run(prepared)))
-        except Overloaded as exc:
-            return error(503, str(exc), "server_overloaded")
-        except MMTuneError as exc:
-            return error(400, str(exc))
-        except Exception:
-            logger.exception("generation failed")
-            return error(500, "generation failed; see the server log", "server_error")
-        return JSONResponse(completion_body(completion, settings.model_name, cid))
+            return _error(401, "missing or wrong API key", "authentication_error")
+        return await _complete(await request.body(), engine, worker, settings)
 
     return BodyLimit(app, settings.max_body_bytes)
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(error_body(message, kind), status_code=status)
+
+
+async def _complete(raw: bytes, engine: ServingEngine, worker: Worker, settings: ServerSettings) -> Any:
+    """Validates, prepares and runs one chat completion (plain JSON or a stream)."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"the body is not valid JSON: {exc}")
+    try:
+        body, chat = parse_request(data, settings.default_max_tokens)
+        prepared = await run_in_threadpool(engine.prepare, chat)
+    except MMTuneError as exc:
+        return _error(400, str(exc))
+    cid = new_id()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    try:
+        if body.stream:
+            return _stream(engine, worker, prepared, settings.model_name, cid, include_usage)
+        completion = await asyncio.wrap_future(worker.submit(lambda: engine.run(prepared)))
+    except Overloaded as exc:
+        return _error(503, str(exc), "server_overloaded")
+    except MMTuneError as exc:
+        return _error(400, str(exc))
+    except Exception:
+        logger.exception("generation failed")
+        return _error(500, "generation failed; see the server log", "server_error")
+    return JSONResponse(completion_body(completion, settings.model_name, cid))
 
 
 def _stream(engine: ServingEngine, worker: Worker, prepared: Any, model: str, cid: str,
