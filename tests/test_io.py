@@ -20,6 +20,14 @@ from mmtune.models.vlm import VisionLanguageModel, build_model
 LLM = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 32000, "max_seq_len": 64}
 
 
+@pytest.fixture(scope="module")
+def tokenizer_dir(llama_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LLaMA tokenizer converted once to tokenizer.json (much faster to load than tokenizer.model)."""
+    directory = tmp_path_factory.mktemp("tokenizer")
+    Tokenizer.from_path(llama_tokenizer_dir).save(directory)
+    return directory
+
+
 def make(tower: str | None = "debug-clip", kind: str = "mlp", **model: object) -> VisionLanguageModel:
     values: dict = {"model": {**LLM, **model}}
     if tower:
@@ -74,9 +82,9 @@ def test_tied_embeddings_stay_tied(tmp_path: Path) -> None:
     assert_same_outputs(model, loaded)
 
 
-def test_dtype_device_tokenizer_and_card(tmp_path: Path, llama_tokenizer_dir: Path) -> None:
+def test_dtype_device_tokenizer_and_card(tmp_path: Path, tokenizer_dir: Path) -> None:
     model = make()
-    tokenizer = Tokenizer.from_path(llama_tokenizer_dir)
+    tokenizer = Tokenizer.from_path(tokenizer_dir)
     save_model(model, tmp_path, tokenizer=tokenizer, card="# my card\n")
     assert (tmp_path / "README.md").read_text() == "# my card\n"
     loaded = mmtune.load_model(tmp_path, dtype=torch.bfloat16)
@@ -149,3 +157,26 @@ def test_key_and_shape_problems_are_listed(tmp_path: Path) -> None:
     (tmp_path / "a" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-9.safetensors"}}))
     with pytest.raises(CheckpointError, match="shard model-9.safetensors named in the index is missing"):
         read_weights(tmp_path / "a")
+
+
+def test_init_command_writes_a_seeded_model_dir(tmp_path: Path, tokenizer_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from mmtune.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {preset: debug, n_layers: 1}\nvision: {preset: debug-blip2}\n"
+                      "connector: {kind: qformer}\ntraining: {seed: 7}\n")
+    common = [str(config), "--tokenizer", str(tokenizer_dir)]
+    assert main(["init", *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["init", *common, "--out", str(tmp_path / "b")]) == 0
+    assert main(["init", *common, "--out", str(tmp_path / "c"), "--training.seed", "8"]) == 0
+    a, b, c = (read_weights(tmp_path / name) for name in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["llm.tok_embeddings.weight"], c["llm.tok_embeddings.weight"])
+    model, tokenizer = load_model(tmp_path / "a"), load_tokenizer(tmp_path / "a")
+    assert model.image_token_id == tokenizer.image_token_id == 32000 and model.num_image_tokens == 6
+    capsys.readouterr()
+    assert main(["init", *common, "--out", str(tmp_path / "d"), "--model.vocab_size", "100"]) == 2
+    assert "model.vocab_size" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["init", str(config), "--out", str(tmp_path / "e")]) == 2
+    assert "tokenizer.path" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import sys
 # name -> one-line help; the module is mmtune.commands.<name with - as _>
 COMMANDS: dict[str, str] = {
     "config": "Show a resolved config, or every config field with its documentation.",
+    "init": "Build the model of a config with fresh seeded weights and save it as a model directory.",
     "train": "Train either stage (one process, or distributed under torchrun) with exact resume.",
     "generate": "Answer a prompt about an image (streamed), or a JSONL batch of them.",
     "score": "Per-token log-probabilities of an answer given an image and a prompt.",
