@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "Throughput benchmarks (train, generate, data) against baselines measured in the same run.",
     "plan": "Predict per-GPU memory of a full-parameter run and pick the cheapest layout that fits.",
     "convert": "Convert Meta, Hugging Face or LLaMA2-Accessory weights into an mmtune model directory.",
+    "export": "Export a training checkpoint or model as a release directory (mmtune or Hugging Face LLaVA/Llama).",
 }
 
 

@@ -144,14 +144,20 @@ def _saved_config(source: Source, image_token_id: int) -> dict:
             "connector": asdict(source.connector)}
 
 
+def check_absent(out: str | Path) -> Path:
+    """``out`` as a path, refused when it exists and is not an empty directory."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"output directory {out} exists and is not empty")
+    return out
+
+
 def fresh_output(out: str | Path) -> tuple[Path, Path]:
     """(final directory, temporary directory) for writing ``out``; an existing non-empty ``out`` is
     refused, and a stale temporary directory from an interrupted run is cleared."""
     import shutil
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"output directory {out} exists and is not empty")
+    out = check_absent(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

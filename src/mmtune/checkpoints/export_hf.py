@@ -1,0 +1,174 @@
+"""mmtune models -> Hugging Face: ``LlavaForConditionalGeneration`` (CLIP/SigLIP + ``mlp`` connector) or
+the language part alone as ``LlamaForCausalLM``; and :func:`export`, the ``mmtune export`` entry point.
+
+A LLaVA export is a directory transformers loads with ``from_pretrained``: ``config.json``, safetensors,
+the tokenizer with ``<image>`` and a chat template, ``preprocessor_config.json`` (the CLIP/SigLIP image
+processor with the model's size and normalisation), ``processor_config.json`` (``LlavaProcessor``) and a
+model card. transformers embeds the image token before overwriting it, so the embedding and output
+matrices grow to the tokenizer's size with mean rows (never the greedy choice: a mean logit is below the
+maximum). transformers' processor resizes and center-crops; a model trained with ``resize: pad`` saw
+padded images, so pad non-square images to a square before calling the processor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from mmtune.checkpoints.card import find_run_info, release_card
+from mmtune.checkpoints.pipeline import check_absent, finish_output, fresh_output
+from mmtune.checkpoints.writer import ShardedWriter
+from mmtune.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("mmtune", "hf")
+# The llava_v1 template (data/templates.py) as a Jinja chat template; message content may be a string
+# with "<image>" markers or a list of {"type": "image"} / {"type": "text"} parts.
+LLAVA_V1_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }} "
+    "{% else %}A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions. {% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} ASSISTANT:"
+    "{% elif m['role'] == 'assistant' %} {{ m['content'] if m['content'] is string else m['content'][0]['text'] }}"
+    "{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def _write_weights(state: dict[str, torch.Tensor], out: Path, tied: bool) -> None:
+    writer = ShardedWriter(out)
+    for key, tensor in state.items():
+        if tied and key == "lm_head.weight":
+            continue  # transformers ties it to the embedding on load
+        writer.add(key, tensor.detach().clone() if tied else tensor)
+    writer.close()
+
+
+def _image_processor(model: Any) -> Any:
+    """transformers' PIL image processor with the tower's size and normalisation."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from mmtune.models.vision import resolve_image_settings
+
+    s = resolve_image_settings(model.vision_cfg)
+    common = dict(image_mean=list(s.mean), image_std=list(s.std), do_convert_rgb=True)
+    if model.vision_cfg.kind == "siglip":
+        return SiglipImageProcessorPil(size={"height": s.size, "width": s.size}, resample=3, **common)
+    return CLIPImageProcessorPil(size={"shortest_edge": s.size}, crop_size={"height": s.size, "width": s.size},
+                                 do_center_crop=True, resample=3, **common)
+
+
+def _write_processor(model: Any, tokenizer: Any, out: Path) -> None:
+    from transformers import LlavaProcessor
+
+    processor = LlavaProcessor(image_processor=_image_processor(model), tokenizer=tokenizer.hf,
+                               patch_size=model.vision.hf_config().get("patch_size"),
+                               vision_feature_select_strategy="default" if model.vision_cfg.kind == "clip" else "full",
+                               num_additional_image_tokens=1 if model.vision_cfg.kind == "clip" else 0,
+                               image_token="<image>", chat_template=LLAVA_V1_CHAT_TEMPLATE)
+    processor.save_pretrained(str(out))
+    pre = out / "preprocessor_config.json"
+    if pre.is_file():  # name the class transformers resolves with or without torchvision
+        data = json.loads(pre.read_text())
+        data["image_processor_type"] = data.get("image_processor_type", "").replace("Pil", "")
+        pre.write_text(json.dumps(data, indent=2))
+
+
+def export_llava(model_dir: str | Path, out: str | Path) -> Path:
+    """Writes the saved model ``model_dir`` (CLIP/SigLIP tower, ``mlp`` connector) as a
+    ``LlavaForConditionalGeneration`` directory."""
+    from mmtune.models.adapters.hf_llava import to_llava_config, to_llava_state_dict
+    from mmtune.models.io import load_model, load_tokenizer
+
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    if model.vision is None:
+        raise CheckpointError(f"{model_dir}: a text-only model has no Llava form; use --llm-only")
+    vocab = max(len(tokenizer), model.model_cfg.vocab_size)
+    config = to_llava_config(model.model_cfg, model.vision_cfg, model.connector_cfg, model.vision.hf_config(),
+                             tokenizer.image_token_id, vocab_size=vocab)
+    state = to_llava_state_dict(model.state_dict(), model.model_cfg, vocab_size=vocab)
+    out, tmp = fresh_output(out)
+    _write_weights(state, tmp, model.model_cfg.tie_embeddings)
+    (tmp / "config.json").write_text(json.dumps({**config, "dtype": str(next(iter(state.values())).dtype)[6:]},
+                                                indent=2))
+    tokenizer.hf.chat_template = LLAVA_V1_CHAT_TEMPLATE
+    tokenizer.save(tmp)
+    _write_processor(model, tokenizer, tmp)
+    return finish_output(tmp, out)
+
+
+def export_llama(model_dir: str | Path, out: str | Path) -> Path:
+    """Writes the language model of ``model_dir`` as a ``LlamaForCausalLM`` directory (any connector)."""
+    from mmtune.models.adapters.hf_llama import to_hf_config, to_hf_state_dict
+    from mmtune.models.io import load_model, load_tokenizer
+
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    config = {**to_hf_config(model.model_cfg), "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+              "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+    out, tmp = fresh_output(out)
+    _write_weights(to_hf_state_dict(model.llm.state_dict(), model.model_cfg), tmp, model.model_cfg.tie_embeddings)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save(tmp)
+    return finish_output(tmp, out)
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    from mmtune.training.checkpoint import is_checkpoint, list_checkpoints
+
+    return is_checkpoint(path) or bool(list_checkpoints(path))
+
+
+def _card(out: Path, fmt: str, places: list[Optional[Path]]) -> None:
+    config = json.loads((out / "config.json").read_text())
+    if "text_config" in config or "model" not in config:
+        from mmtune.models.io import read_model_config
+
+        config = read_model_config(places[0])  # type: ignore[arg-type]
+    recipe, metrics = find_run_info(*places)
+    usage = {"mmtune": f"mmtune chat --model {out.name}",
+             "llava": f"LlavaForConditionalGeneration.from_pretrained('{out.name}'); AutoProcessor.from_pretrained('{out.name}')",
+             "llama": f"LlamaForCausalLM.from_pretrained('{out.name}'); AutoTokenizer.from_pretrained('{out.name}')"}[fmt]
+    card = release_card(config, title=f"{out.name} (mmtune)", fmt=fmt, usage=usage, recipe=recipe, metrics=metrics)
+    (out / "README.md").write_text(card)
+
+
+def export(path: str | Path, out: str | Path, fmt: str = "mmtune", llm_only: bool = False) -> Path:
+    """``mmtune export``: a saved-model directory or a training checkpoint (a DCP ``step_N`` directory or a
+    run directory, whose newest checkpoint is taken) -> ``out`` in ``fmt`` (mmtune or hf), with a card."""
+    from mmtune.training.checkpoint import export_checkpoint, resolve_resume
+
+    path, out = Path(path), Path(out)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a model directory or training checkpoint")
+    with tempfile.TemporaryDirectory() as scratch:
+        places: list[Optional[Path]] = [path, path.parent]
+        model_dir = path
+        if _is_training_checkpoint(path):
+            ckpt = resolve_resume(str(path), path)
+            assert ckpt is not None
+            model_dir = Path(scratch) / "model" if fmt == "hf" else out
+            check_absent(model_dir)
+            export_checkpoint(ckpt, model_dir)
+            places = [model_dir, ckpt, ckpt.parent.parent]
+        if fmt == "hf" and llm_only:
+            export_llama(model_dir, out)
+        elif fmt == "hf":
+            export_llava(model_dir, out)
+        elif model_dir != out:
+            check_absent(out)
+            shutil.copytree(model_dir, out, dirs_exist_ok=True)
+        _card(out, "llama" if llm_only and fmt == "hf" else "llava" if fmt == "hf" else "mmtune", places)
+    log.info("exported %s to %s (%s)", path, out, fmt)
+    return out
