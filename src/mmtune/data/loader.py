@@ -288,7 +288,7 @@ class Loader:
                     whole.add_bad(bad)
                 whole.of(source.name).read += len(source)
                 self._log([f"{source.name}: {r}" for r in whole.of(source.name).reports])
-        whole.check(self._max_bad)
+        whole.check(self._max_bad, {name: c.read for name, c in whole.sources.items()})
 
     @property
     def epoch(self) -> int:

@@ -1,0 +1,98 @@
+"""Tiny datasets written by the data tests: images, img2dataset-style shards, manifests, Alpaca, LLaVA."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+
+from mmtune.config import Config, SourceConfig
+
+
+def png_bytes(shade: int = 0, size: tuple[int, int] = (20, 16), fmt: str = "PNG") -> bytes:
+    """A small solid-colour image, encoded."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (shade % 256, 80, 160)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_images(folder: Path, n: int) -> list[str]:
+    """``n`` PNG files ``0.png`` ... in ``folder``; returns their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        (folder / f"{i}.png").write_bytes(png_bytes(i * 17))
+        names.append(f"{i}.png")
+    return names
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, *, bad_image_keys: tuple[str, ...] = (),
+                 no_caption_keys: tuple[str, ...] = ()) -> list[Path]:
+    """Webdataset shards in img2dataset's layout with captions ``caption {n}`` (``n`` counts all samples)."""
+    from webdataset import TarWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    n = 0
+    for s in range(shards):
+        path = folder / f"{s:05d}.tar"
+        with TarWriter(str(path)) as sink:
+            for _ in range(per_shard):
+                key = f"{n:09d}"
+                sample = {"__key__": key, "jpg": png_bytes(n, fmt="JPEG"),
+                          "json": json.dumps({"key": key, "status": "success"}).encode()}
+                if key in bad_image_keys:
+                    sample["jpg"] = b"\xff\xd8 not a jpeg"
+                if key not in no_caption_keys:
+                    sample["txt"] = f"caption {n}".encode()
+                sink.write(sample)
+                n += 1
+        paths.append(path)
+    return paths
+
+
+def write_json(path: Path, items: list) -> Path:
+    """``items`` as one JSON list."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items))
+    return path
+
+
+def llava_items(n: int, images: Optional[list[str]] = None, turns: int = 1) -> list[dict]:
+    """LLaVA records ``r{i}`` with ``turns`` human/gpt pairs, an image each when ``images`` is given."""
+    out = []
+    for i in range(n):
+        conv = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": f"Thing {i}."}]
+        for t in range(1, turns):
+            conv += [{"from": "human", "value": f"And {t}?"}, {"from": "gpt", "value": f"Answer {i}.{t}"}]
+        item = {"id": f"r{i}", "conversations": conv}
+        if images:
+            item["image"] = images[i % len(images)]
+        else:
+            conv[0]["value"] = "What is this?"
+        out.append(item)
+    return out
+
+
+def alpaca_items(n: int) -> list[dict]:
+    """Alpaca records ``Say {i}`` -> ``{i}``."""
+    return [{"instruction": f"Say {i}", "input": "" if i % 2 else "loudly", "output": f"number {i}"}
+            for i in range(n)]
+
+
+def config(sources: list[SourceConfig], *, micro: int = 2, batching: str = "padded", max_seq_len: int = 64,
+           template: str = "llava_v1", workers: int = 0, **data: object) -> Config:
+    """A Config with these sources and small settings."""
+    cfg = Config()
+    cfg.data.sources = sources
+    cfg.data.template = template
+    cfg.data.batching = batching  # type: ignore[assignment]
+    cfg.data.max_seq_len = max_seq_len
+    cfg.data.num_workers = workers
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    cfg.training.micro_batch_size = micro
+    return cfg
