@@ -180,3 +180,10 @@ def test_init_command_writes_a_seeded_model_dir(tmp_path: Path, tokenizer_dir: P
     assert "model.vocab_size" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert main(["init", str(config), "--out", str(tmp_path / "e")]) == 2
     assert "tokenizer.path" in capsys.readouterr().err
+
+
+def test_corrupt_weights_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    save_model(make(None), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(tmp_path)

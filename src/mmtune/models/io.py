@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from mmtune.errors import CheckpointError, ConfigError
 
@@ -53,10 +54,10 @@ def read_weights(directory: str | Path, select: Optional[Callable[[str], bool]] 
         if not path.is_file():
             raise CheckpointError(f"{directory}: shard {name} named in the index is missing")
         try:
-            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                out.update((k, f.get_tensor(k)) for k in f.keys() if select is None or select(k))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        out.update((k, v) for k, v in tensors.items() if select is None or select(k))
     return out
 
 
@@ -166,6 +167,7 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
     the saved dtype.
     """
     from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
+    from mmtune.models.connectors import build_connector
     from mmtune.models.vision import build_tower, check_state_dict
     from mmtune.models.vlm import VisionLanguageModel
 
@@ -181,7 +183,7 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
         model = VisionLanguageModel(*cfgs, image_token_id=data["image_token_id"])
     if model.vision is not None:
         model.vision = build_tower(cfgs[1])
-        model.connector = type(model.connector)(model.vision.hidden_size, cfgs[0].dim, cfgs[2].hidden_dim)
+        model.connector = build_connector(cfgs[2], cfgs[1].kind, model.vision.hidden_size, cfgs[0].dim)
     weights = read_weights(directory)
     tied = (_TIED_OUTPUT,) if cfgs[0].tie_embeddings else ()
     check_state_dict(model, weights, str(directory), allowed_missing=tied)

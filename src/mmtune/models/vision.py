@@ -133,7 +133,7 @@ def resolve_image_settings(vision_cfg: VisionConfig) -> ImageSettings:
                          max_pixels=vision_cfg.max_image_pixels)
 
 
-class _Tower(nn.Module):
+class VisionTower(nn.Module):
     """What every tower shares: sizes, the resolved config, and loading from a checkpoint directory."""
 
     hidden_size: int
@@ -182,7 +182,7 @@ def check_state_dict(module: nn.Module, weights: dict[str, torch.Tensor], where:
         raise CheckpointError(f"{where}: " + "; ".join(problems))
 
 
-class PatchTower(_Tower):
+class PatchTower(VisionTower):
     """CLIP or SigLIP vision model; features are ``hidden_states[feature_layer]`` (CLIP without CLS)."""
 
     def __init__(self, kind: str, hf_config: dict, feature_layer: int):
@@ -218,7 +218,7 @@ class PatchTower(_Tower):
         return features[:, 1:] if self.drop_cls else features
 
 
-class Blip2Tower(_Tower):
+class Blip2Tower(VisionTower):
     """BLIP-2's ViT, learned query tokens and Q-Former; features = Q-Former last hidden state."""
 
     checkpoint_prefixes = ("vision_model.", "qformer.", "query_tokens")
@@ -254,9 +254,9 @@ class Blip2Tower(_Tower):
         return out.last_hidden_state
 
 
-def build_tower(vision_cfg: VisionConfig) -> Optional[_Tower]:
+def build_tower(vision_cfg: VisionConfig) -> Optional[VisionTower]:
     """A randomly initialised tower for ``vision_cfg`` (None for ``kind: none``); weights from
-    ``vision.path`` are loaded separately with :meth:`_Tower.load_pretrained`."""
+    ``vision.path`` are loaded separately with :meth:`VisionTower.load_pretrained`."""
     if vision_cfg.kind == "none":
         return None
     hf = tower_hf_config(vision_cfg)
@@ -265,7 +265,7 @@ def build_tower(vision_cfg: VisionConfig) -> Optional[_Tower]:
     return PatchTower(vision_cfg.kind, hf, vision_cfg.feature_layer)
 
 
-def saved_vision_config(vision_cfg: VisionConfig, tower: Optional[_Tower]) -> dict[str, Any]:
+def saved_vision_config(vision_cfg: VisionConfig, tower: Optional[VisionTower]) -> dict[str, Any]:
     """``vision_cfg`` as a dict that needs no checkpoint directory: the tower's resolved transformers
     config in ``hf_config``, resolved image size and normalisation, and no ``path``."""
     from dataclasses import asdict
