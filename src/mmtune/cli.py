@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "score": "Per-token log-probabilities of an answer given an image and a prompt.",
     "chat": "Multi-turn terminal chat with a model; /image PATH attaches an image.",
     "serve": "Serve the web demo and the OpenAI-compatible API (tensor parallel under torchrun).",
+    "data": "Data tools: convert LLaVA to single-turn, inspect the data of a config.",
     "bench": "Throughput benchmarks (train, generate, data) against baselines measured in the same run.",
     "plan": "Predict per-GPU memory of a full-parameter run and pick the cheapest layout that fits.",
     "convert": "Convert Meta, Hugging Face or LLaMA2-Accessory weights into an mmtune model directory.",

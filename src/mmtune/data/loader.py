@@ -10,6 +10,9 @@ API the trainer calls (stable)::
     loader.epoch                    # the epoch the next row belongs to
     loader.rows_per_epoch           # rows of one epoch over all ranks; None for streams
 
+Helpers: :func:`make_encoder` (the configured record encoder), :func:`encode_counted` (encode one record
+read from a source, counting it), :func:`map_rows` (the global row sequence of map mode).
+
 Each batch holds ``cfg.training.micro_batch_size`` rows plus the counts :func:`~mmtune.data.packing.collate`
 adds (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``).
 
@@ -47,7 +50,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmtune.config import Config
+from mmtune.config import Config, DataConfig
 from mmtune.data.badrecords import BadRecord, DataStats, LocatedImage, decode_row_images
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
 from mmtune.data.images import ImageTransform
@@ -63,6 +66,34 @@ STATE_VERSION = 1
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def encode_counted(encoder: RecordEncoder, item: Union[Record, BadRecord], stats: DataStats
+                   ) -> Optional[EncodedSample]:
+    """Encodes a record read from a source, counting it in ``stats``; None for bad or skipped records.
+
+    The image is wrapped in a :class:`~mmtune.data.badrecords.LocatedImage` so that a decoding failure
+    later names where the record came from.
+    """
+    if isinstance(item, BadRecord):
+        stats.add_bad(item)
+        return None
+    counts = stats.of(item.source)
+    counts.read += 1
+    location = item.extra.get("location", item.key)
+    if item.image is not None:
+        item = dataclasses.replace(item, image=LocatedImage(item.image, item.source, location))
+    try:
+        out = encoder(item)
+    except DataError as exc:
+        stats.add_bad(BadRecord(item.source, location, str(exc)), read=False)
+        return None
+    if isinstance(out, Skipped):
+        counts.skipped += 1
+        return None
+    counts.samples += 1
+    counts.truncated += int(out.truncated)
+    return out
 
 
 @dataclass
@@ -83,25 +114,7 @@ class _Plan:
 
     def encode(self, item: Union[Record, BadRecord], stats: DataStats) -> Optional[EncodedSample]:
         """Encodes one record (counting it); None for bad or skipped records."""
-        if isinstance(item, BadRecord):
-            stats.add_bad(item)
-            return None
-        counts = stats.of(item.source)
-        counts.read += 1
-        location = item.extra.get("location", item.key)
-        if item.image is not None:
-            item = dataclasses.replace(item, image=LocatedImage(item.image, item.source, location))
-        try:
-            out = self.encoder(item)
-        except DataError as exc:
-            stats.add_bad(BadRecord(item.source, location, str(exc)), read=False)
-            return None
-        if isinstance(out, Skipped):
-            counts.skipped += 1
-            return None
-        counts.samples += 1
-        counts.truncated += int(out.truncated)
-        return out
+        return encode_counted(self.encoder, item, stats)
 
     def packer(self) -> Packer:
         """A fresh packer for the configured batching."""
@@ -381,6 +394,12 @@ def summary(stats: dict) -> str:
     return "; ".join(parts) + f"; padding {100 * stats['padding_fraction']:.1f}% of {stats['rows']} rows"
 
 
+def make_encoder(data: DataConfig, tokenizer: Any, num_image_tokens: int, image_position: str) -> RecordEncoder:
+    """The record encoder ``data`` asks for (template, system prompt, max_seq_len, overflow)."""
+    return RecordEncoder(tokenizer, data.template, num_image_tokens, image_position,  # type: ignore[arg-type]
+                         data.max_seq_len, data.overflow, data.system_prompt)  # type: ignore[arg-type]
+
+
 def build_loader(cfg: Config, tokenizer: Any, *, num_image_tokens: int, image_position: str,
                  image_settings: Any, rank: int, world_size: int, seed: int) -> Loader:
     """The loader of ``cfg.data`` for rank ``rank`` of ``world_size`` (see the module docstring)."""
@@ -390,8 +409,7 @@ def build_loader(cfg: Config, tokenizer: Any, *, num_image_tokens: int, image_po
     if num_image_tokens > 0 and image_settings is None:
         raise ConfigError("vision", None, "image settings when the model takes images")
     transform = ImageTransform.from_settings(image_settings) if num_image_tokens > 0 else None
-    encoder = RecordEncoder(tokenizer, data.template, num_image_tokens, image_position,  # type: ignore[arg-type]
-                            data.max_seq_len, data.overflow, data.system_prompt)  # type: ignore[arg-type]
+    encoder = make_encoder(data, tokenizer, num_image_tokens, image_position)
     plan = _Plan(open_sources(data), encoder, data.batching, tokenizer.pad_id, tokenizer.image_token_id,
                  transform, cfg.training.micro_batch_size, rank, world_size, seed, max(data.shuffle_buffer, 1))
     loader = Loader(plan, num_workers=data.num_workers, max_bad_fraction=data.max_bad_fraction)

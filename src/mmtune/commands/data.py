@@ -1,0 +1,216 @@
+"""``mmtune data ACTION ...``: data tools, one sub-subcommand per action.
+
+Actions are listed in :data:`ACTIONS` (name -> one-line help, ``"module:object"``); the object (a class
+or module) has ``add_arguments(parser)`` and ``run(args) -> int``, and its module imports only the
+standard library at top level. Adding an action is one line in that table.
+
+* ``llava-to-single-turn IN OUT``: LLaVA multi-turn JSON -> one record per question/answer pair
+  (:mod:`mmtune.data.convert`).
+* ``inspect CONFIG``: one rendered sample per source with the supervised span highlighted, and counts
+  (samples, tokens, image share, truncations, bad records) over the sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+ACCEPTS_OVERRIDES = True
+
+# name -> (one-line help, "module:object" with add_arguments(parser) and run(args) -> int)
+ACTIONS: dict[str, tuple[str, str]] = {
+    "llava-to-single-turn": ("Split LLaVA conversations into one record per question/answer pair.",
+                             "mmtune.commands.data:ConvertCommand"),
+    "inspect": ("Show one rendered sample per source and counts over the data of a config.",
+                "mmtune.commands.data:InspectCommand"),
+}
+
+
+def _target(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, name) if name else loaded
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one sub-parser per action of :data:`ACTIONS`."""
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, (help_text, spec) in ACTIONS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        target = _target(spec)
+        target.add_arguments(p)
+        p.set_defaults(_action=target)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the chosen action."""
+    if args.overrides and args.action != "inspect":
+        from mmtune.errors import ConfigError
+
+        raise ConfigError("override", " ".join(args.overrides), f"no --section.field options for {args.action}")
+    return int(args._action.run(args) or 0)
+
+
+class ConvertCommand:
+    """``llava-to-single-turn IN OUT``."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """IN, OUT and the conversion options."""
+        parser.add_argument("input", metavar="IN", help="LLaVA JSON (a list of {id, image, conversations})")
+        parser.add_argument("output", metavar="OUT", help="where to write the single-turn JSON")
+        parser.add_argument("--strip-newlines", action="store_true",
+                            help="delete every newline and keep ids as they are: exactly the output of "
+                                 "LLaMA2-Accessory's tools/llava_to_single_turn.py")
+        parser.add_argument("--image-prefix", default=None, metavar="PREFIX",
+                            help="text put before every image path (e.g. /data/coco/train2017/)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Converts and prints a summary (problems on stderr)."""
+        from mmtune.data.convert import llava_to_single_turn
+
+        report = llava_to_single_turn(args.input, args.output, strip_newlines=args.strip_newlines,
+                                      image_prefix=args.image_prefix, progress=not args.no_progress)
+        for example in report.examples:
+            print(f"warning: {example}", file=sys.stderr)
+        if report.problems > len(report.examples):
+            print(f"warning: ... {report.problems - len(report.examples)} more problems", file=sys.stderr)
+        print(f"{report.records} records -> {report.written} single-turn records in {args.output} "
+              f"({report.problems} problems)")
+        return 0
+
+
+class InspectCommand:
+    """``inspect CONFIG [--section.field value ...]``."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """CONFIG and how much to read."""
+        parser.add_argument("config", metavar="CONFIG", help="a run config (YAML) with a data section")
+        parser.add_argument("--limit", type=int, default=2000, metavar="N",
+                            help="records read per source for the counts (default: 2000; 0 reads all)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Prints the samples and the counts."""
+        from rich.console import Console
+
+        from mmtune.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        console = Console(highlight=False)
+        tokenizer, encoder, transform = _encoding_parts(cfg)
+        from mmtune.data.mixture import open_sources
+
+        rows = []
+        for source in open_sources(cfg.data):
+            sample, counts = _survey(source, encoder, transform, args.limit)
+            console.rule(f"{source.name} ({type(source).__name__}, weight {source.weight:g})")
+            console.print(render_sample(sample, tokenizer) if sample is not None else "no usable sample")
+            rows.append((source.name, counts))
+        console.print(_counts_table(rows))
+        return 0
+
+
+def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
+    """(tokenizer, record encoder, image transform or None) for ``cfg``; the model is built on meta."""
+    import torch
+
+    from mmtune.data.images import ImageTransform
+    from mmtune.data.loader import make_encoder
+    from mmtune.errors import ConfigError
+    from mmtune.models.tokenizer import Tokenizer
+    from mmtune.models.vision import resolve_image_settings
+    from mmtune.models.vlm import VisionLanguageModel
+    from mmtune.serving.loading import image_position
+
+    if not cfg.tokenizer.path:
+        raise ConfigError("tokenizer.path", None, "a tokenizer directory or tokenizer.model file")
+    tokenizer = Tokenizer.from_path(cfg.tokenizer.path)
+    tokens, transform = 0, None
+    if cfg.vision.kind != "none":
+        with torch.device("meta"):
+            tokens = VisionLanguageModel(cfg.model, cfg.vision, cfg.connector, tokenizer.image_token_id).num_image_tokens
+        transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
+    return tokenizer, make_encoder(cfg.data, tokenizer, tokens, image_position(cfg.connector)), transform
+
+
+def _records(source: Any, limit: int) -> Any:
+    from itertools import islice
+
+    if hasattr(source, "shards"):
+        stream = (item for shard in source.shards for item in source.read(shard))
+    else:
+        stream = (source.record(i) for i in range(len(source)))
+    return islice(stream, limit or None)
+
+
+def _survey(source: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any, dict]:
+    """(first usable sample, counts) over the first ``limit`` records of ``source``."""
+    from tqdm import tqdm
+
+    from mmtune.data.badrecords import BadRecord, DataStats
+    from mmtune.data.loader import encode_counted
+    from mmtune.errors import DataError
+
+    stats = DataStats()
+    for bad in getattr(source, "load_bad", []):
+        stats.add_bad(bad)
+    first, tokens, images = None, 0, 0
+    for item in tqdm(_records(source, limit), desc=source.name, unit="record", leave=False):
+        sample = encode_counted(encoder, item, stats)
+        if sample is None:
+            continue
+        if sample.images and transform is not None:
+            ref = sample.images[0]
+            try:
+                transform(ref.ref)
+            except DataError as exc:
+                stats.add_bad(BadRecord(ref.source, ref.location, str(exc)), read=False)
+                continue
+        first = first if first is not None else sample
+        tokens += len(sample)
+        images += sample.n_images
+    counts = stats.of(source.name)
+    return first, {"read": counts.read, "samples": counts.samples, "tokens": tokens,
+                   "image share": f"{images / counts.samples:.0%}" if counts.samples else "-",
+                   "truncated": counts.truncated, "skipped": counts.skipped, "bad": counts.bad,
+                   "first bad": counts.reports[0] if counts.reports else ""}
+
+
+def render_sample(sample: Any, tokenizer: Any) -> Any:
+    """A rich Text of ``sample``: image runs as ``<image x N>``, supervised tokens bold green, prompt dim."""
+    from rich.text import Text
+
+    ids = sample.input_ids.tolist()
+    mask = sample.loss_mask.tolist()
+    kinds = ["image" if t == tokenizer.image_token_id else "target" if m else "prompt" for t, m in zip(ids, mask)]
+    text = Text()
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end < len(ids) and kinds[end] == kinds[start]:
+            continue
+        if kinds[start] == "image":
+            text.append(f"<image x {end - start}>", style="magenta")
+        else:
+            piece = tokenizer.decode(ids[start:end])
+            text.append(piece, style="bold green" if kinds[start] == "target" else "dim")
+        start = end
+    return text
+
+
+def _counts_table(rows: list[tuple[str, dict]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="records read per source")
+    columns = list(rows[0][1]) if rows else []
+    table.add_column("source")
+    for name in columns:
+        table.add_column(name, justify="left" if name == "first bad" else "right")
+    for name, counts in rows:
+        table.add_row(name, *(str(counts[c]) for c in columns))
+    return table
