@@ -149,7 +149,7 @@ class TrainableConfig:
 
 @dataclass
 class TokenizerConfig:
-    """The tokenizer; <image> and <pad> are added as special tokens when missing."""
+    """The tokenizer; <image> is added as a special token (padding reuses unk or eos, never supervised)."""
 
     path: Optional[str] = None
     """Directory with tokenizer.json / tokenizer.model, or a tokenizer.model file."""
