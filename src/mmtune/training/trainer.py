@@ -201,21 +201,19 @@ class Trainer:
         return self.last_saved
 
     def _after_step(self, result: StepResult, metrics: MetricsLogger, started: float, waited: float) -> None:
-        """Counts bad steps, logs metrics and saves on schedule."""
+        """Counts bad steps, logs metrics, saves on schedule, and stops after too many bad steps."""
+        self.bad_in_row = self.bad_in_row + 1 if result.skipped else 0
+        self.skipped += int(result.skipped)
         if result.skipped:
-            self.skipped += 1
-            self.bad_in_row += 1
             log.warning("step %d: loss %s, grad norm %s: skipped (%d in a row, %d in all)", self.step,
                         result.loss, result.grad_norm, self.bad_in_row, self.skipped)
-            if self.bad_in_row >= self.cfg.training.max_bad_steps:
-                kept = self.last_saved or "none saved yet"
-                raise MMTuneError(f"stopped at step {self.step}: {self.bad_in_row} non-finite losses in a row "
-                                  f"(training.max_bad_steps); last good checkpoint: {kept}")
-        else:
-            self.bad_in_row = 0
         elapsed = time.perf_counter() - started
-        if self.step % self.cfg.training.log_every == 0 or self.step == self.total_steps:
+        if self.step % self.cfg.training.log_every == 0 or self.step == self.total_steps or result.skipped:
             metrics.log(self._record(result, elapsed, waited))
+        if self.bad_in_row >= self.cfg.training.max_bad_steps:
+            kept = self.last_saved or "none saved yet"
+            raise MMTuneError(f"stopped at step {self.step}: {self.bad_in_row} non-finite losses in a row "
+                              f"(training.max_bad_steps); last good checkpoint: {kept}")
         every = self.cfg.training.save_every
         if every and self.step % every == 0 and self.step < self.total_steps and not self.bad_in_row:
             self.save()
