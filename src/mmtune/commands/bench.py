@@ -1,9 +1,19 @@
-"""``mmtune bench``: throughput benchmarks, each against a baseline measured in the same run."""
+"""``mmtune bench``: throughput benchmarks, each against a baseline measured in the same run.
+
+``bench generate --model DIR``, ``bench train --config CONFIG`` and ``bench data --config CONFIG``
+(the last two take ``--section.field value`` overrides). The table shows each side's figures with the
+ratio to the baseline (the last row) for throughputs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+ACCEPTS_OVERRIDES = True
+
+RATIO_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "tokens_per_s", "supervised_tokens_per_s",
+              "samples_per_s", "images_per_s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,33 +25,104 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
     g.add_argument("--repeats", type=int, default=3, help="timed repetitions; the median counts (default 3)")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    t = sub.add_parser("train", help="training throughput, packed and padded, vs a LLaVA-1.5-style transformers "
+                                     "pipeline on the same synthetic mixture and weights")
+    t.add_argument("--config", required=True, help="YAML config (model, vision, connector, data, training)")
+    t.add_argument("--steps", type=int, default=8, help="timed optimizer steps per side (default 8)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument("--sides", default="packed,padded,transformers",
+                   help="comma-separated sides (default packed,padded,transformers; the last is the baseline)")
+    t.add_argument("--json", action="store_true", help="print JSON (with every step's loss) instead of a table")
+    d = sub.add_parser("data", help="images/s decoded and transformed per worker, from files and shards, vs "
+                                    "transformers' CLIP image processor")
+    d.add_argument("--config", required=True, help="YAML config (vision settings, data.num_workers)")
+    d.add_argument("--images", type=int, default=64, help="photos per pass (default 64)")
+    d.add_argument("--size", default="640x480", help="photo size WIDTHxHEIGHT (default 640x480, COCO-like)")
+    d.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts (default 3)")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cell(key: str, value: object, base: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
+        if key in RATIO_KEYS and isinstance(base, float) and base > 0:
+            text += f" ({value / base:.2f}x)"
+        return text
+    return str(value)
 
 
 def _table(rows: list[dict], baseline: dict) -> str:
-    keys = [k for k in rows[0] if k != "name"]
+    keys = [k for k in rows[0] if k not in ("name", "losses")]
     lines = ["| side | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for row in rows:
-        cells = [f"{row[k]:.1f} ({row[k] / baseline[k]:.2f}x)" for k in keys]
+        cells = [_cell(k, row[k], baseline[k]) for k in keys]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    from mmtune.errors import ConfigError
+
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
+
+
+def _generate(args: argparse.Namespace) -> list:
+    from mmtune.bench.generate import run_generate_bench
+    from mmtune.errors import ConfigError
+    from mmtune.models.io import load_model
+
+    if args.overrides:
+        raise ConfigError("bench generate", " ".join(args.overrides), "no --section.field overrides")
+    _positive(args, "batch", "prompt_len", "new_tokens", "repeats")
+    model = load_model(args.model)
+    try:
+        return run_generate_bench(model.llm, batch=args.batch, prompt_len=args.prompt_len,
+                                  new_tokens=args.new_tokens, repeats=args.repeats)
+    except ValueError as exc:
+        raise ConfigError("bench generate", args.model, str(exc)) from None
+
+
+def _train(args: argparse.Namespace) -> list:
+    from mmtune.bench.train import run_train_bench
+    from mmtune.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    return run_train_bench(cfg, steps=args.steps, warmup=args.warmup, sides=sides, seed=cfg.training.seed)
+
+
+def _data(args: argparse.Namespace) -> list:
+    import tempfile
+    from pathlib import Path
+
+    from mmtune.bench.data import run_data_bench
+    from mmtune.config import load_config
+    from mmtune.data.images import ImageTransform
+    from mmtune.errors import ConfigError
+    from mmtune.models.vision import resolve_image_settings
+
+    _positive(args, "images", "repeats")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        if min(width, height) < 64:
+            raise ValueError(args.size)
+    except ValueError:
+        raise ConfigError("--size", args.size, "WIDTHxHEIGHT of at least 64x64, e.g. 640x480") from None
+    cfg = load_config(args.config, args.overrides)
+    transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
+    with tempfile.TemporaryDirectory() as folder:
+        return run_data_bench(transform, Path(folder), images=args.images, width=width, height=height,
+                              workers=cfg.data.num_workers, repeats=args.repeats, seed=cfg.training.seed)
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from mmtune.bench.generate import run_generate_bench
-    from mmtune.errors import ConfigError
-    from mmtune.models.io import load_model
-
-    for name in ("batch", "prompt_len", "new_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
-    model = load_model(args.model)
-    try:
-        results = run_generate_bench(model.llm, batch=args.batch, prompt_len=args.prompt_len,
-                                     new_tokens=args.new_tokens, repeats=args.repeats)
-    except ValueError as exc:
-        raise ConfigError("bench generate", args.model, str(exc)) from None
+    results = {"generate": _generate, "train": _train, "data": _data}[args.bench](args)
     rows = [asdict(r) for r in results]
     print(json.dumps(rows, indent=2) if args.json else _table(rows, rows[-1]))
     return 0

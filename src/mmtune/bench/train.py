@@ -1,0 +1,338 @@
+"""Training benchmark: mmtune's trainer on packed rows and on padded batches, against a LLaVA-1.5-style
+transformers pipeline, on the same synthetic Alpaca + LLaVA mixture, weights and hardware in one run.
+
+Every side trains the same samples in the same steps: the mixture (:mod:`mmtune.bench.synthetic`) is
+packed into rows of ``data.max_seq_len``, ``training.micro_batch_size`` rows make one optimizer step,
+and the padded sides take exactly the samples of each packed step, one per row, padded to the step's
+longest (LLaVA-1.5's batching). The three sides are
+
+* ``mmtune packed``: :class:`~mmtune.training.trainer.Trainer` (FSDP2, AdamW + schedule, clipping) on
+  the packed rows;
+* ``mmtune padded``: the same trainer on the padded batches;
+* ``transformers``: ``LlavaForConditionalGeneration`` (``LlamaForCausalLM`` for a text-only model)
+  holding the same weights (:mod:`mmtune.models.adapters.hf_llava`), on the padded batches with an
+  attention mask, its own loss (full logits, mean over the batch's targets), the same optimizer,
+  schedule and clipping.
+
+Because each step's loss is the sum over its targets divided by their count, all sides see the same
+first-step loss (they diverge only by rounding afterwards). Images are JPEG bytes decoded and
+transformed in ``data.num_workers`` DataLoader workers, as in training. Figures per side: real (non-
+padding) tokens/s, supervised tokens/s, samples/s, median step time, the share of step time spent
+waiting for data, the padding share, peak memory (CUDA allocator peak, or the process's peak resident
+set on CPU, reset before each side where Linux allows) and, on a known GPU, MFU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mmtune.bench.synthetic import MixtureSpec, synthetic_mixture, synthetic_photos
+from mmtune.config import Config
+from mmtune.data.encode import EncodedSample
+from mmtune.data.packing import Packer, Row, build_row, collate
+from mmtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SIDES: tuple[str, ...] = ("packed", "padded", "transformers")
+PAD_ID = 0
+
+
+@dataclass
+class TrainBenchResult:
+    """What one side measured over the timed steps."""
+
+    name: str
+    tokens_per_s: float
+    supervised_tokens_per_s: float
+    samples_per_s: float
+    step_time_s: float
+    data_wait_fraction: float
+    padding_fraction: float
+    peak_memory_gb: float
+    mfu: Optional[float] = None
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class StepPlan:
+    """The rows of every step, packed and padded (the same samples per step)."""
+
+    packed: list[list[Row]]
+    padded: list[list[Row]]
+
+
+def mixture_spec(cfg: Config, image_token_id: int, num_image_tokens: int) -> MixtureSpec:
+    """The synthetic mixture for ``cfg``: its vocabulary and row length, text lengths scaled by
+    ``data.max_seq_len / 2048`` (LLaVA-1.5's context)."""
+    return MixtureSpec(vocab_size=cfg.model.vocab_size, image_token_id=image_token_id,
+                       num_image_tokens=num_image_tokens, max_seq_len=cfg.data.max_seq_len,
+                       scale=cfg.data.max_seq_len / 2048)
+
+
+def plan_steps(samples: Sequence[EncodedSample], max_seq_len: int, rows_per_step: int, n_steps: int) -> StepPlan:
+    """Packs ``samples`` into rows and cuts ``n_steps`` steps of ``rows_per_step`` rows; the padded plan
+    holds the same samples, one per row (ValueError when the samples fill fewer rows)."""
+    rows = list(Packer(max_seq_len, PAD_ID, "packed").pack(samples))
+    needed = rows_per_step * n_steps
+    if len(rows) < needed + 1:  # the last, flushed rows are partly empty: never use them
+        raise ValueError(f"{len(samples)} samples fill {len(rows)} rows; {needed} are needed")
+    packed = [rows[i * rows_per_step:(i + 1) * rows_per_step] for i in range(n_steps)]
+    by_ids = {tuple(s.input_ids.tolist()): s for s in samples}
+    padded = [[build_row([by_ids[ids]], PAD_ID) for row in step for ids in _row_samples(row)] for step in packed]
+    return StepPlan(packed, padded)
+
+
+def _row_samples(row: Row) -> list[tuple[int, ...]]:
+    """The token ids of each sample laid out in ``row``, in order."""
+    out = []
+    for sid in range(row.num_samples):
+        out.append(tuple(row.input_ids[row.sample_ids == sid].tolist()))
+    return out
+
+
+def build_plan(spec: MixtureSpec, rows_per_step: int, n_steps: int, photos: list[bytes], seed: int) -> StepPlan:
+    """Draws enough of the mixture for ``n_steps`` packed steps and plans them."""
+    count = max(16, rows_per_step * n_steps * spec.max_seq_len // max(8, spec.num_image_tokens + 24))
+    while True:
+        samples = synthetic_mixture(spec, count, photos, seed)
+        try:
+            return plan_steps(samples, spec.max_seq_len, rows_per_step, n_steps)
+        except ValueError:
+            count *= 2
+
+
+class _StepBatches(Dataset):
+    """Step ``i`` -> the collated batch of its rows (images decoded here, in the worker)."""
+
+    def __init__(self, steps: list[list[Row]], transform: Optional[Callable]):
+        self.steps, self.transform = steps, transform
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return collate(self.steps[index], self.transform)
+
+
+def step_loader(steps: list[list[Row]], transform: Optional[Callable], workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader yielding one collated batch per step from ``workers`` processes."""
+    return DataLoader(_StepBatches(steps, transform), batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    from mmtune.training.metrics import peak_memory_gb
+
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        return peak_memory_gb(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side(name: str, step: Callable[[dict], float], loader: DataLoader, device: torch.device, warmup: int,
+              flops_per_token: float, peak_flops: Optional[float]) -> TrainBenchResult:
+    """Runs ``step`` on every batch of ``loader``; the steps after ``warmup`` are timed."""
+    _reset_peak(device)
+    totals = dict.fromkeys(("tokens", "supervised", "samples", "padding", "wait", "time"), 0.0)
+    step_times, losses = [], []
+    batches = iter(loader)
+    for i in range(len(loader)):
+        _sync(device)
+        started = time.perf_counter()
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        waited = time.perf_counter() - started
+        losses.append(step(batch))
+        _sync(device)
+        elapsed = time.perf_counter() - started
+        if i < warmup:
+            continue
+        step_times.append(elapsed)
+        for key, value in (("tokens", batch["num_tokens"]), ("supervised", batch["num_supervised"]),
+                           ("samples", batch["num_samples"]), ("padding", batch["num_padding"])):
+            totals[key] += float(value)
+        totals["wait"] += waited
+        totals["time"] += elapsed
+    seconds = max(totals["time"], 1e-9)
+    tokens_per_s = totals["tokens"] / seconds
+    mfu = flops_per_token * tokens_per_s / peak_flops if peak_flops and flops_per_token else None
+    return TrainBenchResult(name, tokens_per_s, totals["supervised"] / seconds, totals["samples"] / seconds,
+                            statistics.median(step_times), totals["wait"] / seconds,
+                            totals["padding"] / max(totals["tokens"] + totals["padding"], 1.0), _peak_gb(device),
+                            mfu, losses)
+
+
+def trainer_config(cfg: Config, steps: int, output_dir: str) -> Config:
+    """``cfg`` for a benchmark trainer: ``steps`` steps of one micro-batch, fresh weights, no saving."""
+    out = copy.deepcopy(cfg)
+    out.training.max_steps = steps
+    out.training.global_batch_size = out.training.micro_batch_size
+    out.training.output_dir = output_dir
+    out.training.init_from = None
+    out.training.save_every = 0
+    return out
+
+
+def hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The padded batch as transformers takes it: an attention mask and unshifted labels (transformers
+    shifts them itself: ``labels[t + 1]`` is the target of position ``t``)."""
+    labels = torch.full_like(batch["labels"], -100)
+    labels[:, 1:] = batch["labels"][:, :-1]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": (batch["sample_ids"] >= 0).long(),
+              "labels": labels}
+    if "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"]
+    return inputs
+
+
+def transformers_model(model: nn.Module) -> nn.Module:
+    """``LlavaForConditionalGeneration`` (or ``LlamaForCausalLM`` without a tower) with ``model``'s weights."""
+    from mmtune.bench.generate import hf_causal_lm
+
+    if model.vision is None:
+        return hf_causal_lm(model.llm)
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from mmtune.models.adapters.hf_llava import to_llava_config, to_llava_state_dict
+
+    values = to_llava_config(model.model_cfg, model.vision_cfg, model.connector_cfg, model.vision.hf_config(),
+                             model.image_token_id)
+    values = {k: v for k, v in values.items() if k not in ("model_type", "architectures")}
+    hf = LlavaForConditionalGeneration(LlavaConfig(**values))
+    missing, unexpected = hf.load_state_dict(to_llava_state_dict(model.state_dict(), model.model_cfg), strict=False)
+    assert not missing and not unexpected, f"Llava weights: missing {missing}, unexpected {unexpected}"
+    return hf
+
+
+def _set_trainable(hf: nn.Module, cfg: Config) -> None:
+    """Applies ``cfg.trainable`` to a transformers model; frozen parts go to eval mode."""
+    hf.train()
+    inner = getattr(hf, "model", None)
+    parts = {"llm": [hf]}
+    if hasattr(inner, "vision_tower"):
+        parts = {"vision": [inner.vision_tower], "connector": [inner.multi_modal_projector],
+                 "llm": [inner.language_model, hf.lm_head]}
+    for name, modules in parts.items():
+        train = getattr(cfg.trainable, name) == "full"
+        for module in modules:
+            module.requires_grad_(train)
+            if not train:
+                module.eval()
+
+
+def transformers_step(hf: nn.Module, cfg: Config, device: torch.device, total_steps: int) -> Callable[[dict], float]:
+    """One optimizer step of the transformers side: its own loss, the trainer's AdamW, schedule and
+    clipping, bf16 autocast when the run computes in bf16."""
+    from mmtune.distributed.parallelize import compute_dtype
+    from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
+
+    _set_trainable(hf, cfg)
+    optimizer = build_optimizer(hf, cfg.training, device)
+    scheduler = build_scheduler(optimizer, cfg.training, total_steps)
+    params = [p for p in hf.parameters() if p.requires_grad]
+    bf16 = compute_dtype(cfg.training.dtype, device) == torch.bfloat16
+
+    def step(batch: dict[str, torch.Tensor]) -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = hf(**hf_inputs(batch)).loss
+        loss.backward()
+        clip_grad_norm(params, cfg.training.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def _check(cfg: Config, steps: int, warmup: int, sides: Sequence[str]) -> None:
+    if steps < 1 or warmup < 0:
+        raise ConfigError("bench train --steps/--warmup", (steps, warmup), "steps >= 1 and warmup >= 0")
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or not sides:
+        raise ConfigError("bench train --sides", list(sides), "some of " + ", ".join(SIDES))
+    if cfg.vision.kind == "blip2" and "transformers" in sides:
+        raise ConfigError("vision.kind", "blip2", "clip or siglip with the mlp connector for the transformers "
+                          "Llava baseline (or leave the transformers side out)")
+
+
+def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequence[str] = SIDES,
+                    seed: int = 0) -> list[TrainBenchResult]:
+    """Every side of ``sides`` on the same planned steps (see the module docstring), in one process."""
+    from mmtune.data.images import ImageTransform
+    from mmtune.distributed.env import init_distributed, shutdown
+    from mmtune.models.vision import resolve_image_settings
+    from mmtune.models.vlm import build_model
+    from mmtune.training.metrics import flops_per_token, peak_flops
+    from mmtune.training.trainer import RunParts, Trainer
+
+    _check(cfg, steps, warmup, sides)
+    owned = not torch.distributed.is_initialized()
+    env = init_distributed(cfg.parallel.tp)
+    try:
+        if env.world_size != 1:
+            raise ConfigError("bench train", f"{env.world_size} processes", "one process (no torchrun)")
+        image_token_id = cfg.model.vocab_size - 1  # inside the vocabulary: transformers embeds it
+        torch.manual_seed(cfg.training.seed)  # the trainer builds its weights from the same seed
+        source = build_model(cfg, image_token_id, device="cpu")
+        transform = photos = None
+        if source.vision is not None:
+            transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
+            photos = synthetic_photos(16, seed=seed)
+        spec = mixture_spec(cfg, image_token_id, source.num_image_tokens)
+        plan = build_plan(spec, cfg.training.micro_batch_size, warmup + steps, photos or [], seed)
+        fpt = flops_per_token(source, cfg.data.max_seq_len, cfg.model.n_layers, cfg.model.dim)
+        peak = peak_flops(env.device)
+        results = []
+        with tempfile.TemporaryDirectory() as out:
+            tcfg = trainer_config(cfg, warmup + steps, out)
+            for side in sides:
+                loader = step_loader(plan.packed if side == "packed" else plan.padded, transform,
+                                     cfg.data.num_workers, env.device)
+                if side == "transformers":
+                    hf = transformers_model(source).to(env.device)
+                    step = transformers_step(hf, tcfg, env.device, warmup + steps)
+                    name = "transformers Llava, padded" if source.vision is not None else "transformers Llama, padded"
+                else:
+                    parts = RunParts(build_model=lambda device: build_model(tcfg, image_token_id, device=device),
+                                     loader=None, image_token_id=image_token_id)
+                    trainer = Trainer(tcfg, env, parts)
+                    step = lambda batch, trainer=trainer: trainer.train_step([batch]).loss  # noqa: E731
+                    name = f"mmtune {side}"
+                log.info("bench train: %s, %d steps (%d warm-up)", name, warmup + steps, warmup)
+                results.append(time_side(name, step, loader, env.device, warmup, fpt, peak))
+                del step, loader
+        return results
+    finally:
+        if owned:
+            shutdown({})
