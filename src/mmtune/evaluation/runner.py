@@ -1,0 +1,202 @@
+"""Evaluation runs: a saved model answers a dataset (batched greedy decoding) and is scored.
+
+Items come from any supported data format (:func:`mmtune.data.sources.open_source`):
+
+* ``caption``: each caption record (manifest, webdataset) asks for its image's caption; every caption
+  of the entry (a manifest may list several) is a reference. With ``prompt`` the request is a user turn
+  (for chat-tuned models) instead of the bare caption template. Entries that carry the synthetic world's
+  ``scene`` facts are also scored by :func:`mmtune.data.synth.caption_correct` (``caption_accuracy``).
+* ``vqa``: every assistant turn of every conversation (LLaVA, Alpaca) is one question; the turns before
+  it are the history, given with their reference answers. An entry's optional ``answers`` list (VQAv2
+  style, for single-turn entries) holds the human answers for the soft accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from mmtune.config import SourceConfig
+from mmtune.data.badrecords import BadRecord
+from mmtune.data.records import Message, Record
+from mmtune.errors import DataError
+from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d, vqa_exact_match, vqa_soft_accuracy
+
+log = logging.getLogger(__name__)
+
+Task = Literal["caption", "vqa"]
+
+
+@dataclass
+class EvalItem:
+    """One prompt to answer and what a right answer looks like."""
+
+    record: Record
+    """The prompt: a conversation ending with a user turn, or a caption record without the caption."""
+    references: list[str]
+    """Reference answers (several captions, or the human answers of a VQA question)."""
+    scene: Optional[list] = None
+    """The synthetic world's facts [[kind, colour, position], ...] of the image, when known."""
+    kind: str = ""
+    """A label for reports (the question's first words, or "caption")."""
+    prediction: str = field(default="", compare=False)
+
+
+def _raw_entries(source: Any) -> list[tuple[Record | BadRecord, dict]]:
+    if hasattr(source, "shards"):
+        return [(record, {}) for shard in source.shards for record in source.read(shard)]
+    out = []
+    for index in range(len(source)):
+        table, local = source.locate(index)
+        out.append((source.record(index), table.entry(local)))
+    return out
+
+
+def _caption_items(record: Record, entry: dict, prompt: Optional[str]) -> list[EvalItem]:
+    assistant = [m.content for m in record.messages if m.role == "assistant"]
+    if any(m.role == "user" for m in record.messages) or len(assistant) != 1:
+        raise DataError(f"record {record.key!r}: the caption task needs caption records (one caption, no question)")
+    raw = entry.get("caption", entry.get("captions"))
+    references = [c for c in raw if isinstance(c, str)] if isinstance(raw, list) else assistant
+    messages = (Message("user", f"<image>\n{prompt}"),) if prompt else ()
+    prompt_record = replace(record, messages=messages, template=None if prompt else record.template)
+    return [EvalItem(prompt_record, references, entry.get("scene"), "caption")]
+
+
+def _qa_items(record: Record, entry: dict) -> list[EvalItem]:
+    items, messages = [], list(record.messages)
+    for i, message in enumerate(messages):
+        if message.role != "assistant" or i == 0:
+            continue
+        prompt = replace(record, messages=tuple(messages[:i]))
+        answers = entry.get("answers") if len(messages) == 2 else None
+        references = [a for a in answers if isinstance(a, str)] if isinstance(answers, list) else [message.content]
+        question = messages[i - 1].content.replace("<image>", "").strip()
+        items.append(EvalItem(prompt, references, entry.get("scene"), " ".join(question.split()[:3])))
+    return items
+
+
+def load_items(path: str, task: Task, *, image_root: Optional[str] = None, prompt: Optional[str] = None,
+               limit: Optional[int] = None) -> list[EvalItem]:
+    """The evaluation items of a dataset file (see the module docstring); DataError when none."""
+    from mmtune.data.sources import open_source
+
+    if image_root is None and "://" not in path:
+        image_root = str(Path(path).parent)
+    source = open_source(SourceConfig(path=path, image_root=image_root), default_root=None, where="--data")
+    items: list[EvalItem] = []
+    bad = 0
+    for record, entry in _raw_entries(source):
+        if isinstance(record, BadRecord):
+            bad += 1
+            continue
+        items.extend(_caption_items(record, entry, prompt) if task == "caption" else _qa_items(record, entry))
+        if limit is not None and len(items) >= limit:
+            break
+    if bad:
+        log.warning("%s: %d unreadable entries skipped", path, bad)
+    if not items:
+        raise DataError(f"{path}: no {task} items found")
+    return items[:limit]
+
+
+class Predictor:
+    """A loaded model that answers :class:`EvalItem` prompts in batches with greedy decoding."""
+
+    def __init__(self, model: Any, tokenizer: Any, template: str, max_new_tokens: int = 64):
+        from mmtune.data.images import ImageTransform
+        from mmtune.models.vision import resolve_image_settings
+
+        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        self.max_new_tokens = max_new_tokens
+        self.transform = (ImageTransform.from_settings(resolve_image_settings(model.vision_cfg))
+                          if model.vision is not None else None)
+        self.image_position = "after_bos" if model.connector_cfg.kind == "qformer" else "placeholder"
+
+    @classmethod
+    def from_dir(cls, model_dir: str, template: str, max_new_tokens: int = 64) -> "Predictor":
+        """Loads a saved-model directory on the CPU."""
+        from mmtune.models.io import load_model, load_tokenizer
+
+        return cls(load_model(model_dir), load_tokenizer(model_dir), template, max_new_tokens)
+
+    def _prompt(self, record: Record) -> list[int]:
+        from mmtune.data.encode import encode_prompt
+
+        return encode_prompt(record, self.tokenizer, record.template or self.template,
+                             num_image_tokens=self.model.num_image_tokens,
+                             image_position=self.image_position).input_ids.tolist()
+
+    @torch.inference_mode()
+    def answer(self, records: Sequence[Record]) -> list[str]:
+        """Greedy answers to one batch of prompts; a caption prefix is kept at the answer's start."""
+        from mmtune.models.generate import SamplingParams, generate
+
+        prompts = [self._prompt(r) for r in records]
+        images = [self.transform(r.image) for r in records if r.image is not None and self.transform]
+        pixels = torch.stack(images).to(self.model.llm.tok_embeddings.weight.dtype) if images else None
+        params = SamplingParams(max_new_tokens=self.max_new_tokens, stop_ids=(self.tokenizer.eos_id,))
+        outs = generate(self.model, prompts, pixels, params)
+        texts = [self.tokenizer.decode(ids).strip() for ids in outs]
+        return [f"{r.prefix} {t}".strip() if r.prefix else t for r, t in zip(records, texts)]
+
+    def predict(self, items: list[EvalItem], batch_size: int = 32, desc: str = "eval") -> list[EvalItem]:
+        """Fills ``item.prediction`` for every item (text-only and image prompts batch separately)."""
+        groups = [[i for i in items if i.record.has_image], [i for i in items if not i.record.has_image]]
+        with tqdm(total=len(items), desc=desc, unit="item") as bar:
+            for group in groups:
+                for start in range(0, len(group), batch_size):
+                    batch = group[start:start + batch_size]
+                    for item, text in zip(batch, self.answer([i.record for i in batch])):
+                        item.prediction = text
+                    bar.update(len(batch))
+        return items
+
+
+def score_captions(items: Sequence[EvalItem]) -> dict[str, float]:
+    """BLEU-4, CIDEr-D, exact match and, when every item knows its scene, caption accuracy."""
+    hyps, refs = [i.prediction for i in items], [i.references for i in items]
+    scores = {"bleu4": bleu(hyps, refs), "cider": cider_d(hyps, refs), "exact_match": caption_exact_match(hyps, refs),
+              "count": float(len(items))}
+    if items and all(i.scene for i in items):
+        scores["caption_accuracy"] = sum(map(caption_is_correct, items)) / len(items)
+    return scores
+
+
+def caption_is_correct(item: EvalItem) -> bool:
+    """Whether a predicted caption states exactly the facts of the item's synthetic scene."""
+    from mmtune.data.synth import Scene, Shape, caption_correct
+
+    assert item.scene is not None
+    scene = Scene(tuple(Shape(position, kind, colour) for kind, colour, position in item.scene))
+    return caption_correct(item.prediction, scene)
+
+
+def score_vqa(items: Sequence[EvalItem]) -> dict[str, Any]:
+    """Exact match and VQAv2 soft accuracy, overall and by question kind."""
+    exact = [vqa_exact_match(i.prediction, i.references) for i in items]
+    soft = [vqa_soft_accuracy(i.prediction, i.references) for i in items]
+    by_kind: dict[str, list[float]] = {}
+    for item, value in zip(items, exact):
+        by_kind.setdefault(item.kind, []).append(value)
+    return {"exact_match": sum(exact) / max(len(items), 1), "soft_accuracy": sum(soft) / max(len(items), 1),
+            "count": len(items),
+            "by_question": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+
+
+def evaluate(model_dir: str, data: str, task: Task, *, template: str, prompt: Optional[str] = None,
+             batch_size: int = 32, limit: Optional[int] = None, max_new_tokens: int = 64,
+             image_root: Optional[str] = None, predictor: Optional[Predictor] = None) -> dict[str, Any]:
+    """Loads a model, answers a dataset and scores it; the result holds a few sample answers too."""
+    items = load_items(data, task, image_root=image_root, prompt=prompt, limit=limit)
+    predictor = predictor or Predictor.from_dir(model_dir, template, max_new_tokens)
+    predictor.predict(items, batch_size, desc=f"{task} {Path(data).name}")
+    scores = score_captions(items) if task == "caption" else score_vqa(items)
+    samples = [{"prompt": [m.content for m in i.record.messages if m.role == "user"][-1:], "prediction": i.prediction,
+                "references": i.references[:3]} for i in items[:5]]
+    return {"task": task, "data": data, "model": model_dir, "template": template, **scores, "samples": samples}
