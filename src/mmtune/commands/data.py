@@ -113,6 +113,9 @@ class InspectCommand:
             console.print(render_sample(sample, tokenizer) if sample is not None else "no usable sample")
             rows.append((source.name, counts))
         console.print(_counts_table(rows))
+        for name, counts in rows:
+            for report in counts["reports"]:
+                console.print(f"bad: {name}: {report}", soft_wrap=True, markup=False)
         return 0
 
 
@@ -171,15 +174,16 @@ def _survey(source: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any,
                 transform(ref.ref)
             except DataError as exc:
                 stats.add_bad(BadRecord(ref.source, ref.location, str(exc)), read=False)
+                stats.of(ref.source).samples -= 1
                 continue
         first = first if first is not None else sample
         tokens += len(sample)
         images += sample.n_images
     counts = stats.of(source.name)
     return first, {"read": counts.read, "samples": counts.samples, "tokens": tokens,
-                   "image share": f"{images / counts.samples:.0%}" if counts.samples else "-",
-                   "truncated": counts.truncated, "skipped": counts.skipped, "bad": counts.bad,
-                   "first bad": counts.reports[0] if counts.reports else ""}
+                   "images": f"{images / counts.samples:.0%}" if counts.samples else "-",
+                   "cut": counts.truncated, "skipped": counts.skipped, "bad": counts.bad,
+                   "reports": counts.reports}
 
 
 def render_sample(sample: Any, tokenizer: Any) -> Any:
@@ -190,27 +194,27 @@ def render_sample(sample: Any, tokenizer: Any) -> Any:
     mask = sample.loss_mask.tolist()
     kinds = ["image" if t == tokenizer.image_token_id else "target" if m else "prompt" for t, m in zip(ids, mask)]
     text = Text()
-    start = 0
+    start, done = 0, ""
     for end in range(1, len(ids) + 1):
         if end < len(ids) and kinds[end] == kinds[start]:
             continue
+        upto = tokenizer.decode(ids[:end], skip_special_tokens=False)  # whole prefix: spaces survive
         if kinds[start] == "image":
             text.append(f"<image x {end - start}>", style="magenta")
         else:
-            piece = tokenizer.decode(ids[start:end])
-            text.append(piece, style="bold green" if kinds[start] == "target" else "dim")
-        start = end
+            text.append(upto[len(done):], style="bold green" if kinds[start] == "target" else "dim")
+        start, done = end, upto
     return text
 
 
 def _counts_table(rows: list[tuple[str, dict]]) -> Any:
     from rich.table import Table
 
-    table = Table(title="records read per source")
-    columns = list(rows[0][1]) if rows else []
-    table.add_column("source")
+    table = Table(title="records read per source (images: share of samples with one; cut: truncated)")
+    columns = [c for c in (rows[0][1] if rows else {}) if c != "reports"]
+    table.add_column("source", overflow="fold")
     for name in columns:
-        table.add_column(name, justify="left" if name == "first bad" else "right")
+        table.add_column(name, justify="right")
     for name, counts in rows:
         table.add_row(name, *(str(counts[c]) for c in columns))
     return table
