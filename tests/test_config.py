@@ -100,6 +100,8 @@ BAD = [
     (["--training.warmup_fraction", "1.5"], "training.warmup_fraction", "[0, 1)"),
     (["--training.betas", "[0.9]"], "training.betas", "two numbers"),
     (["--training.betas", "not-a-list"], "training.betas", "a list"),
+    (["--training.betas", "[0.9, 0.95"], "training.betas", "a list"),
+    (["--vision.hf_config", "{a: [1"], "vision.hf_config", "a mapping"),
     (["--training.dtype", "fp8"], "training.dtype", "one of auto, fp32, bf16"),
     (["--training.clip_grad", "-1"], "training.clip_grad", "0 or more"),
     (["--training.keep_last", "0"], "training.keep_last", "positive"),

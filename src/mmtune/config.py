@@ -350,6 +350,13 @@ def _type_name(tp: Any) -> str:
             dict: "a mapping", list: "a list"}.get(origin or tp, str(tp))
 
 
+def _yaml_value(text: str, path: str, allowed: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(path, text, allowed) from None
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Turns a YAML or command-line value into ``tp``, or raises ConfigError naming ``path``."""
     origin = typing.get_origin(tp)
@@ -372,14 +379,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return build(tp, value, path)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, path, "a list")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, value, "a list")
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, path, "a mapping")
         if not isinstance(value, dict):
             raise ConfigError(path, value, "a mapping")
         return value
