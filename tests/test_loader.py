@@ -120,10 +120,15 @@ def test_worker_processes_give_the_same_batches_and_counts(mixed, tok):
 def test_packed_rows_keep_samples_apart(mixed, tok):
     loader = _loader(config(mixed, micro=2, batching="packed", max_seq_len=96), tok)
     batches = list(loader)
-    rows = torch.cat([b["sample_ids"] for b in batches])
-    assert int(rows.max()) >= 1
-    assert sum(int(b["num_samples"]) for b in batches) == 23
-    assert loader.stats()["padding_fraction"] < 0.5
+    assert loader.rows_per_epoch < 23  # several samples share a row
+    ids = torch.cat([b["sample_ids"] for b in batches])
+    positions = torch.cat([b["positions"] for b in batches])
+    assert int(ids.max()) >= 1 and bool((positions[ids == 1] >= 0).all())
+    assert bool((positions[:, 1:][ids[:, 1:] != ids[:, :-1]] <= 0).all())  # positions restart per sample
+    assert sum(int(b["num_samples"]) for b in batches) >= 23
+    padded = _loader(config(mixed, micro=2, batching="padded", max_seq_len=96), tok)
+    list(padded)
+    assert loader.stats()["padding_fraction"] < padded.stats()["padding_fraction"]
 
 
 def _stream_sources(tmp_path, shards=4, per_shard=5, **kw):
