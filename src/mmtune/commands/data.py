@@ -121,14 +121,12 @@ class InspectCommand:
 
 def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
     """(tokenizer, record encoder, image transform or None) for ``cfg``; the model is built on meta."""
-    import torch
-
     from mmtune.data.images import ImageTransform
     from mmtune.data.loader import make_encoder
     from mmtune.errors import ConfigError
     from mmtune.models.tokenizer import Tokenizer
     from mmtune.models.vision import resolve_image_settings
-    from mmtune.models.vlm import VisionLanguageModel
+    from mmtune.models.vlm import build_model
     from mmtune.serving.loading import image_position
 
     if not cfg.tokenizer.path:
@@ -136,8 +134,7 @@ def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
     tokenizer = Tokenizer.from_path(cfg.tokenizer.path)
     tokens, transform = 0, None
     if cfg.vision.kind != "none":
-        with torch.device("meta"):
-            tokens = VisionLanguageModel(cfg.model, cfg.vision, cfg.connector, tokenizer.image_token_id).num_image_tokens
+        tokens = build_model(cfg, tokenizer.image_token_id, device="meta").num_image_tokens
         transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
     return tokenizer, make_encoder(cfg.data, tokenizer, tokens, image_position(cfg.connector)), transform
 
