@@ -117,7 +117,7 @@ class PackingStats:
         return self.padding / total if total else 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # bins are compared by identity: their samples hold tensors
 class _Bin:
     samples: list[EncodedSample] = field(default_factory=list)
     used: int = 0
