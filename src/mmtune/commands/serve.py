@@ -25,7 +25,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests queued or running before new ones get 503 (default 8)")
 
 
+def check_limits(args: argparse.Namespace) -> None:
+    """Refuses a port, body limit, pixel limit or queue length no server can run with (before any loading)."""
+    from mmtune.errors import ConfigError
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", args.port, "a TCP port in 0..65535")
+    if args.max_body_mb <= 0:
+        raise ConfigError("--max-body-mb", args.max_body_mb, "a positive number of MiB")
+    if args.max_pending < 1:
+        raise ConfigError("--max-pending", args.max_pending, "a positive integer")
+    if args.max_image_pixels is not None and args.max_image_pixels <= 0:
+        raise ConfigError("--max-image-pixels", args.max_image_pixels, "a positive integer")
+
+
 def run(args: argparse.Namespace) -> int:
     from mmtune.serving.launch import serve_from_args
 
+    check_limits(args)
     return serve_from_args(args)
