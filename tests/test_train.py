@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtune.errors import CheckpointError
 from mmtune.models.io import load_model
 from mmtune.models.vlm import build_model
 from mmtune.training import checkpoint as ckpt
@@ -95,3 +96,9 @@ def test_export_then_stage2_starts_from_stage1(reference, tmp_path):
         train_in_process(cfg)
         (first,) = read_metrics(tmp_path / name / "run")
         assert first["loss"] == pytest.approx(expected, rel=1e-6), name
+
+
+def test_plain_load_names_weights_of_another_shape(reference, tmp_path):
+    other = build_model(tiny_config(tmp_path, "--model.dim", "32"), IMAGE_ID, device="cpu")
+    with pytest.raises(CheckpointError, match=r"weights missing or shaped differently \(llm\.tok_embeddings"):
+        ckpt.load_plain(ckpt.list_checkpoints(reference.training.output_dir)[-1], other)

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -136,13 +137,20 @@ def read_info(path: Path) -> dict:
 
 def load_plain(path: Path, model: nn.Module) -> None:
     """Loads the weights of checkpoint ``path`` into an unsharded model, in one process (no process
-    group needed); raises CheckpointError naming missing or unexpected weights."""
+    group needed); raises CheckpointError naming weights the checkpoint lacks or has in another shape."""
+    if not (Path(path) / ".metadata").is_file():
+        raise CheckpointError(f"{path}: not a training checkpoint (no .metadata)")
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     model_sd = model.state_dict()
+    wrong = [k for k, v in model_sd.items()
+             if f"model.{k}" not in saved or tuple(getattr(saved[f"model.{k}"], "size", ())) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: cannot load into this model: {len(wrong)} weights missing or "
+                              f"shaped differently ({', '.join(wrong[:5])})")
     state = {"model": model_sd}
-    try:
-        dcp.load(state, checkpoint_id=str(path))
-    except Exception as exc:  # DCP raises plain runtime errors for missing keys or wrong shapes
-        raise CheckpointError(f"{path}: cannot load into this model: {str(exc).splitlines()[0]}") from None
+    with warnings.catch_warnings():  # DCP warns that it loads in a single process: that is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
     model.load_state_dict(state["model"])
 
 

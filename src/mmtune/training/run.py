@@ -78,6 +78,7 @@ def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
 
     Every rank releases model and optimizer before the process group goes (so every process exits 0).
     """
+    resume_from = resolve_resume(resume, cfg.training.output_dir)
     env = init_distributed(cfg.parallel.tp)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -86,7 +87,7 @@ def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
     try:
         holder["parts"] = build_parts(cfg, env)
         holder["trainer"] = Trainer(cfg, env, holder["parts"])
-        last = holder["trainer"].fit(resolve_resume(resume, cfg.training.output_dir))
+        last = holder["trainer"].fit(resume_from)
         ok = True
     finally:
         shutdown(holder, wait=ok)
