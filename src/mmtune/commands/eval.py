@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE.json", help="write the scores (and a few samples) as JSON here")
     p.add_argument("--template", default="alpaca",
                    help="prompt template the model was trained with (caption for stage-1 models; default alpaca)")
+    p.add_argument("--system-prompt", default=None,
+                   help="the data.system_prompt the model was trained with (default: the template's own)")
     p.add_argument("--prompt", default=None,
                    help="caption task: ask with this user message (for chat-tuned models) instead of the "
                         "bare caption template")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError("--limit", args.limit, "a positive integer")
     result = evaluate(args.model, args.data, args.task, template=args.template, prompt=args.prompt,
-                      batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                      system_prompt=args.system_prompt, batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
                       image_root=args.image_root)
     for key, value in result.items():
         if isinstance(value, float):

@@ -78,6 +78,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class SynthCommand:
+    """``mmtune data synth --out DIR``: writes the synthetic world on its own (see mmtune.data.synth)."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Output folder, seed, image size and counts."""
+        parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+        parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+        parser.add_argument("--image-size", type=_positive, default=32, help="image side in pixels (default 32)")
+        parser.add_argument("--images", type=_positive, default=None,
+                            help="training images per stage (default 4000 for stage 1, 3000 for stage 2)")
+        parser.add_argument("--heldout", type=_positive, default=200, help="held-out images (default 200)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Writes the world and says where each part is."""
+        from mmtune.data.synth import write_world
+
+        sizes = _world_sizes(args.images, args.heldout)
+        out = write_world(args.out, seed=args.seed, image_size=args.image_size, sizes=sizes)
+        print(f"wrote {out}: stage1/*.tar (webdataset), stage2/llava.json + images/, stage2/alpaca.json, "
+              f"heldout/, tokenizer/")
+        return 0
+
+
 # ------------------------------------------------------------------ configs and world
 
 def _config_path(settings: QuickstartSettings, stage: int) -> Path:
@@ -124,16 +149,24 @@ def _stage_yaml(settings: QuickstartSettings, stage: int, world: Path, vocab_siz
     return path
 
 
+def _world_sizes(images: Optional[int], heldout: int) -> Any:
+    """The world's default sizes, with ``images`` per training stage (and half as many text tasks)."""
+    from mmtune.data.synth import WorldSizes
+
+    sizes = WorldSizes(heldout_images=heldout)
+    if images is not None:
+        sizes.stage1_images = sizes.stage2_images = images
+        sizes.stage2_text = max(images // 2, 1)
+    return sizes
+
+
 def _world(settings: QuickstartSettings, image_size: int) -> Path:
     """Writes the world under ``DIR/world`` unless the same world is already there."""
     from dataclasses import asdict
 
-    from mmtune.data.synth import WorldSizes, write_world
+    from mmtune.data.synth import write_world
 
-    sizes = WorldSizes(heldout_images=settings.eval_images)
-    if settings.images is not None:
-        sizes.stage1_images = sizes.stage2_images = settings.images
-        sizes.stage2_text = max(settings.images // 2, 1)
+    sizes = _world_sizes(settings.images, settings.eval_images)
     world = settings.out / "world"
     wanted = {"seed": settings.seed, "image_size": image_size, "sizes": asdict(sizes)}
     stamp = world / "world.json"
@@ -172,7 +205,7 @@ def _train(config: Path, model_dir: Path, loss_png: Path) -> int:
 
 # ------------------------------------------------------------------ evaluation
 
-def _evaluate(out: Path, world: Path, stage2_template: str) -> dict[str, dict]:
+def _evaluate(out: Path, world: Path, stage2: "tuple[str, Optional[str]]") -> dict[str, dict]:
     """Held-out metrics of both saved models."""
     from mmtune.evaluation.runner import Predictor, load_items, score_captions, score_vqa
 
@@ -180,18 +213,18 @@ def _evaluate(out: Path, world: Path, stage2_template: str) -> dict[str, dict]:
     stage1 = Predictor.from_dir(str(out / "stage1"), "caption")
     result1 = score_captions(stage1.predict(load_items(str(held / "captions.jsonl"), "caption"),
                                             desc="stage 1 captions"))
-    stage2 = Predictor.from_dir(str(out / "stage2"), stage2_template)
-    captions = stage2.predict(load_items(str(held / "captions.jsonl"), "caption", prompt=CAPTION_REQUEST),
+    model2 = Predictor.from_dir(str(out / "stage2"), stage2[0], system_prompt=stage2[1])
+    captions = model2.predict(load_items(str(held / "captions.jsonl"), "caption", prompt=CAPTION_REQUEST),
                               desc="stage 2 captions")
-    vqa = score_vqa(stage2.predict(load_items(str(held / "vqa.json"), "vqa"), desc="stage 2 VQA"))
-    text = score_vqa(stage2.predict(load_items(str(held / "alpaca.json"), "vqa"), desc="stage 2 text"))
+    vqa = score_vqa(model2.predict(load_items(str(held / "vqa.json"), "vqa"), desc="stage 2 VQA"))
+    text = score_vqa(model2.predict(load_items(str(held / "alpaca.json"), "vqa"), desc="stage 2 text"))
     result2 = {**score_captions(captions), "vqa_accuracy": vqa["exact_match"],
                "vqa_soft_accuracy": vqa["soft_accuracy"], "vqa_by_question": vqa["by_question"],
                "text_accuracy": text["exact_match"]}
     return {"stage1": result1, "stage2": result2}
 
 
-def _examples(out: Path, world: Path, stage2_template: str, count: int = 3) -> list[dict]:
+def _examples(out: Path, world: Path, stage2: "tuple[str, Optional[str]]", count: int = 3) -> list[dict]:
     """A few answers on held-out images: a plain and a prefix-prompted stage-1 caption, a stage-2
     caption on request, a question, and a text-only instruction."""
     from dataclasses import replace
@@ -207,7 +240,8 @@ def _examples(out: Path, world: Path, stage2_template: str, count: int = 3) -> l
     asked = load_items(str(held / "captions.jsonl"), "caption", prompt=CAPTION_REQUEST, limit=count)
     questions = load_items(str(held / "vqa.json"), "vqa", limit=count)
     text = load_items(str(held / "alpaca.json"), "vqa", limit=2)
-    Predictor.from_dir(str(out / "stage2"), stage2_template).predict(asked + questions + text, desc="examples stage 2")
+    model2 = Predictor.from_dir(str(out / "stage2"), stage2[0], system_prompt=stage2[1])
+    model2.predict(asked + questions + text, desc="examples stage 2")
     rows = []
     for model, items in (("stage1", plain + prefixed), ("stage2", asked + questions + text)):
         for item in items:
@@ -239,11 +273,12 @@ def run_quickstart(settings: QuickstartSettings) -> dict[str, Any]:
     for stage in (1, 2):
         config = _stage_yaml(settings, stage, world, vocab)
         steps.append(_train(config, out / f"stage{stage}", out / f"stage{stage}_loss.png"))
-    template = load_config(out / "configs" / "stage2.yaml").data.template
-    metrics = _evaluate(out, world, template)
+    data2 = load_config(out / "configs" / "stage2.yaml").data
+    stage2 = (data2.template, data2.system_prompt)  # prompts exactly as stage 2 trained
+    metrics = _evaluate(out, world, stage2)
     report = {"command": settings.command, "connector": settings.connector, "seed": settings.seed,
               "stage1": {"steps": steps[0], **metrics["stage1"]}, "stage2": {"steps": steps[1], **metrics["stage2"]},
-              "examples": _examples(out, world, template)}
+              "examples": _examples(out, world, stage2)}
     report["wall_seconds"] = time.monotonic() - start
     write_report(report, out)
     return report

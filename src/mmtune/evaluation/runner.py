@@ -108,29 +108,32 @@ def load_items(path: str, task: Task, *, image_root: Optional[str] = None, promp
 class Predictor:
     """A loaded model that answers :class:`EvalItem` prompts in batches with greedy decoding."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: str, max_new_tokens: int = 64):
+    def __init__(self, model: Any, tokenizer: Any, template: str, max_new_tokens: int = 64,
+                 system_prompt: Optional[str] = None):
         from mmtune.data.images import ImageTransform
         from mmtune.models.vision import resolve_image_settings
 
         self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
         self.transform = (ImageTransform.from_settings(resolve_image_settings(model.vision_cfg))
                           if model.vision is not None else None)
         self.image_position = "after_bos" if model.connector_cfg.kind == "qformer" else "placeholder"
 
     @classmethod
-    def from_dir(cls, model_dir: str, template: str, max_new_tokens: int = 64) -> "Predictor":
-        """Loads a saved-model directory on the CPU."""
+    def from_dir(cls, model_dir: str, template: str, max_new_tokens: int = 64,
+                 system_prompt: Optional[str] = None) -> "Predictor":
+        """Loads a saved-model directory on the CPU; ``system_prompt`` as ``data.system_prompt`` in training."""
         from mmtune.models.io import load_model, load_tokenizer
 
-        return cls(load_model(model_dir), load_tokenizer(model_dir), template, max_new_tokens)
+        return cls(load_model(model_dir), load_tokenizer(model_dir), template, max_new_tokens, system_prompt)
 
     def _prompt(self, record: Record) -> list[int]:
         from mmtune.data.encode import encode_prompt
 
         return encode_prompt(record, self.tokenizer, record.template or self.template,
                              num_image_tokens=self.model.num_image_tokens,
-                             image_position=self.image_position).input_ids.tolist()
+                             image_position=self.image_position,
+                             system_prompt=self.system_prompt).input_ids.tolist()
 
     @torch.inference_mode()
     def answer(self, records: Sequence[Record]) -> list[str]:
@@ -190,13 +193,14 @@ def score_vqa(items: Sequence[EvalItem]) -> dict[str, Any]:
 
 
 def evaluate(model_dir: str, data: str, task: Task, *, template: str, prompt: Optional[str] = None,
-             batch_size: int = 32, limit: Optional[int] = None, max_new_tokens: int = 64,
-             image_root: Optional[str] = None, predictor: Optional[Predictor] = None) -> dict[str, Any]:
+             system_prompt: Optional[str] = None, batch_size: int = 32, limit: Optional[int] = None,
+             max_new_tokens: int = 64, image_root: Optional[str] = None) -> dict[str, Any]:
     """Loads a model, answers a dataset and scores it; the result holds a few sample answers too."""
     items = load_items(data, task, image_root=image_root, prompt=prompt, limit=limit)
-    predictor = predictor or Predictor.from_dir(model_dir, template, max_new_tokens)
+    predictor = Predictor.from_dir(model_dir, template, max_new_tokens, system_prompt)
     predictor.predict(items, batch_size, desc=f"{task} {Path(data).name}")
     scores = score_captions(items) if task == "caption" else score_vqa(items)
     samples = [{"prompt": [m.content for m in i.record.messages if m.role == "user"][-1:], "prediction": i.prediction,
                 "references": i.references[:3]} for i in items[:5]]
-    return {"task": task, "data": data, "model": model_dir, "template": template, **scores, "samples": samples}
+    return {"task": task, "data": data, "model": model_dir, "template": template, "system_prompt": system_prompt,
+            **scores, "samples": samples}
