@@ -3,7 +3,8 @@
 The order is torchtitan's: tensor parallel first (DTensor ``parallelize_module`` on the tensor-parallel
 sub-mesh), then a non-reentrant activation-checkpoint wrapper per decoder block, then ``compile`` per
 block (in place, so parameter names do not change), and last ``fully_shard`` on the data-parallel
-sub-mesh per decoder block, on the vision tower, and on the root.
+sub-mesh per decoder block, on the vision tower, on the vocabulary head (when untied, so the loss can
+run it on supervised positions only) and on the root.
 
 The decoder blocks are found through the model contract of ``docs/architecture.md``: the
 ``layers`` list of ``model.llm`` (a :class:`~mmtune.models.vlm.VisionLanguageModel`) or of the model
@@ -45,6 +46,16 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     layers = getattr(decoder(model), "layers", None)
     assert isinstance(layers, nn.ModuleList), "the decoder must keep its blocks in a ModuleList `layers`"
     return layers
+
+
+def separate_head(model: nn.Module) -> Optional[nn.Module]:
+    """The decoder's vocabulary projection ``output`` when it can be sharded (and called) on its own,
+    i.e. when it does not share its weight with the token embedding; else None."""
+    dec = decoder(model)
+    head, embeddings = getattr(dec, "output", None), getattr(dec, "tok_embeddings", None)
+    if not isinstance(head, nn.Linear) or embeddings is None or head.weight is embeddings.weight:
+        return None
+    return head
 
 
 def compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -89,7 +100,8 @@ def apply_compile(model: nn.Module) -> None:
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
                reshard_after_forward: bool = True) -> None:
-    """``fully_shard`` per decoder block, on the vision tower, and on the root; gradients reduce in fp32."""
+    """``fully_shard`` per decoder block, on the vision tower, on an untied head, and on the root;
+    gradients reduce in fp32."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = decoder_blocks(model)
     for i, block in enumerate(blocks):
@@ -99,6 +111,9 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
     vision = getattr(model, "vision", None)
     if isinstance(vision, nn.Module) and any(True for _ in vision.parameters()):
         fully_shard(vision, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    head = separate_head(model)
+    if head is not None:
+        fully_shard(head, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
 
 

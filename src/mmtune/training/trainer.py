@@ -22,9 +22,10 @@ from torch import nn
 from mmtune.config import Config, save_config
 from mmtune.distributed.env import DistEnv, all_gather_objects
 from mmtune.distributed.materialize import materialize
-from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize
+from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize, separate_head
 from mmtune.errors import ConfigError, DataError, MMTuneError
 from mmtune.training import checkpoint as ckpt
+from mmtune.training.fused_loss import supervised_loss_sum
 from mmtune.training.loss import step_counts, token_loss_sum
 from mmtune.training.metrics import MetricsLogger, flops_per_token, peak_flops, peak_memory_gb
 from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
@@ -101,6 +102,7 @@ class Trainer:
                                         env.dp_size)
         self.total_steps = total_steps(cfg, parts.loader)
         self.model = self._build_model()
+        self.head = separate_head(self.model)  # when set, the loss runs it on supervised positions only
         self.optimizer = build_optimizer(self.model, cfg.training, env.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.training, self.total_steps)
         self.step = self.bad_in_row = self.skipped = 0
@@ -138,6 +140,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
+    def _loss_sum(self, input_ids: torch.Tensor, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Summed token cross-entropy of one micro-batch; with a separate head, logits are computed
+        only at supervised positions (no [B, T, vocab] tensor)."""
+        if self.head is None:
+            return token_loss_sum(self.model(input_ids, **inputs), labels)
+        hidden = self.model(input_ids, **inputs, return_hidden=True)
+        return supervised_loss_sum(hidden, self.head, labels)
+
     def train_step(self, micro_batches: list[dict]) -> StepResult:
         """Forward/backward over this rank's micro-batches, then clip and update (or skip)."""
         counts = step_counts(micro_batches, self.env.dp_group, self.env.device)
@@ -146,7 +156,7 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-            loss = token_loss_sum(self.model(batch["input_ids"], **inputs), batch["labels"])
+            loss = self._loss_sum(batch["input_ids"], inputs, batch["labels"])
             (loss * scale).backward()
             loss_sum += loss.detach().double()
         torch.distributed.all_reduce(loss_sum, group=self.env.dp_group)
