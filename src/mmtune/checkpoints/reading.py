@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mmtune.errors import CheckpointError
+from mmtune.models.io import index_shard_names
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,7 @@ def safetensors_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
-        weight_map = read_json(index, "safetensors index").get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: no weight_map")
-        names = sorted(set(weight_map.values()))
+        names = index_shard_names(index)
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
             raise CheckpointError(f"{directory}: missing shards named by the index: {missing}")

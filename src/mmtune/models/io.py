@@ -39,11 +39,7 @@ def read_weights(directory: str | Path, select: Optional[Callable[[str], bool]] 
     """All tensors of a directory's ``model.safetensors`` or indexed shards (only keys ``select`` keeps)."""
     directory = Path(directory)
     if (directory / INDEX_FILE).is_file():
-        try:
-            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{directory / INDEX_FILE}: not a safetensors index ({exc})") from None
-        files = sorted(set(weight_map.values()))
+        files = index_shard_names(directory / INDEX_FILE)
     elif (directory / SINGLE_FILE).is_file():
         files = [SINGLE_FILE]
     else:
@@ -59,6 +55,22 @@ def read_weights(directory: str | Path, select: Optional[Callable[[str], bool]] 
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     return out
+
+
+def index_shard_names(index: Path) -> list[str]:
+    """The shard file names a ``*.safetensors.index.json`` maps weights to, sorted; CheckpointError for
+    an unreadable index or a name that is not a plain file name beside it (``../x``, ``/abs/x``)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map is not a mapping of weight names to shard files")
+    bad = sorted({repr(v) for v in weight_map.values()
+                  if not isinstance(v, str) or not v or Path(v).name != v or v in (".", "..")})
+    if bad:
+        raise CheckpointError(f"{index}: shard names must be plain file names in the same directory, got {bad[:3]}")
+    return sorted(set(weight_map.values()))
 
 
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
