@@ -158,6 +158,8 @@ async def _complete(raw: bytes, engine: ServingEngine, worker: Worker, settings:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"the body is not valid JSON: {exc}")
+    except RecursionError:  # e.g. 100k nested arrays: within the body limit, beyond the parser's stack
+        return _error(400, "the body is not valid JSON: nested too deeply")
     try:
         body, chat = parse_request(data, settings.default_max_tokens)
         prepared = await run_in_threadpool(engine.prepare, chat)
