@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmtune import config as C
+from mmtune.config_values import hints
 from mmtune.errors import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -72,7 +73,7 @@ def _all_dataclasses(cls=C.Config, seen=None):
     if cls in seen:
         return seen
     seen.append(cls)
-    for tp in C._hints(cls).values():
+    for tp in hints(cls).values():
         args = [tp, *getattr(tp, "__args__", ())]
         for arg in args:
             if dataclasses.is_dataclass(arg):

@@ -16,15 +16,13 @@ import ast
 import dataclasses
 import functools
 import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 
-from mmtune import presets
+from mmtune.config_values import build, hints, merge
 from mmtune.errors import ConfigError
 
 Part = Literal["frozen", "full"]
@@ -335,124 +333,6 @@ def _positive(obj: Any, path: str, *names: str) -> None:
             raise ConfigError(f"{path}.{name}", value, "a positive integer")
 
 
-# ---------------------------------------------------------------- building from dicts
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping of {tp.__name__} fields"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            dict: "a mapping", list: "a list"}.get(origin or tp, str(tp))
-
-
-def _yaml_value(text: str, path: str, allowed: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(path, text, allowed) from None
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Turns a YAML or command-line value into ``tp``, or raises ConfigError naming ``path``."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        assert len(args) == 1, f"unsupported union {tp}"
-        return _coerce(value, args[0], path)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(path, value, _type_name(tp))
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, _type_name(tp))
-        return build(tp, value, path)
-    if origin is list:
-        if isinstance(value, str):
-            value = _yaml_value(value, path, "a list")
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, "a list")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            value = _yaml_value(value, path, "a mapping")
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "a mapping")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(path, value, "true or false")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(path, value, _type_name(tp))
-        try:
-            number = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(path, value, _type_name(tp)) from None
-        if tp is int and not isinstance(number, int):
-            if isinstance(number, float) and number.is_integer():
-                return int(number)
-            raise ConfigError(path, value, "an integer")
-        return tp(number)
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(path, value, "a string")
-        return str(value)
-    return value
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def build(cls: type, values: dict, path: str = "") -> Any:
-    """Builds dataclass ``cls`` from a mapping, resolving a ``preset`` key first."""
-    values = dict(values)
-    preset_name = values.get("preset")
-    if preset_name is not None and "preset" in _hints(cls):
-        table = presets.table_for(cls.__name__)
-        if preset_name not in table:
-            raise ConfigError(f"{path}.preset" if path else "preset", preset_name,
-                              "one of " + ", ".join(sorted(table)))
-        values = {**table[preset_name], **values}
-    hints = _hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        where = f"{path}.{key}" if path else key
-        if key not in hints:
-            raise ConfigError(where, value, "a known field (" + ", ".join(hints) + ")")
-        kwargs[key] = _coerce(value, hints[key], where)
-    return cls(**kwargs)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("hf_config", "options"):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Reads a config file, following ``inherit:`` chains."""
     path = Path(path)
@@ -470,7 +350,7 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError("config", str(path), "a YAML mapping of sections")
     parent = data.pop("inherit", None)
     if parent:
-        data = _merge(read_yaml(path.parent / parent, _seen + (path.resolve(),)), data)
+        data = merge(read_yaml(path.parent / parent, _seen + (path.resolve(),)), data)
     return data
 
 
@@ -502,9 +382,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Resolves a YAML file plus dotted overrides into a checked :class:`Config`."""
     data = read_yaml(path) if path else {}
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = merge(data, parse_overrides(overrides))
     for key, value in data.items():
-        if not isinstance(value, dict) and key in _hints(Config):
+        if not isinstance(value, dict) and key in hints(Config):
             raise ConfigError(key, value, "a mapping of fields")
     cfg = build(Config, data)
     cfg.check()
@@ -539,7 +419,7 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
-        tp = _hints(cls)[f.name]
+        tp = hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, name + "."))
             continue

@@ -1,0 +1,138 @@
+"""Typed values from YAML and the command line: coercion of raw values and building config dataclasses.
+
+``build(cls, mapping)`` turns a nested mapping (from YAML or dotted overrides) into dataclass ``cls``,
+resolving a section's ``preset`` first; ``coerce`` converts one raw value to a field's annotated type.
+Every failure is a :class:`mmtune.errors.ConfigError` naming the dotted field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, Literal, Union
+
+import yaml
+
+from mmtune import presets
+from mmtune.errors import ConfigError
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} fields"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            dict: "a mapping", list: "a list"}.get(origin or tp, str(tp))
+
+
+def _yaml_value(text: str, path: str, allowed: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(path, text, allowed) from None
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Turns a YAML or command-line value into ``tp``, or raises ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        assert len(args) == 1, f"unsupported union {tp}"
+        return coerce(value, args[0], path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(path, value, _type_name(tp))
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, _type_name(tp))
+        return build(tp, value, path)
+    if origin is list:
+        if isinstance(value, str):
+            value = _yaml_value(value, path, "a list")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            value = _yaml_value(value, path, "a mapping")
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(path, value, "true or false")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(path, value, _type_name(tp))
+        try:
+            number = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(path, value, _type_name(tp)) from None
+        if tp is int and not isinstance(number, int):
+            if isinstance(number, float) and number.is_integer():
+                return int(number)
+            raise ConfigError(path, value, "an integer")
+        return tp(number)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(path, value, "a string")
+        return str(value)
+    return value
+
+
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    """The resolved type annotations of dataclass ``cls``, by field name."""
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type, values: dict, path: str = "") -> Any:
+    """Builds dataclass ``cls`` from a mapping, resolving a ``preset`` key first."""
+    values = dict(values)
+    preset_name = values.get("preset")
+    if preset_name is not None and "preset" in hints(cls):
+        table = presets.table_for(cls.__name__)
+        if preset_name not in table:
+            raise ConfigError(f"{path}.preset" if path else "preset", preset_name,
+                              "one of " + ", ".join(sorted(table)))
+        values = {**table[preset_name], **values}
+    types_by_field = hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{path}.{key}" if path else key
+        if key not in types_by_field:
+            raise ConfigError(where, value, "a known field (" + ", ".join(types_by_field) + ")")
+        kwargs[key] = coerce(value, types_by_field[key], where)
+    return cls(**kwargs)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merges mapping ``extra`` over ``base`` (free-form ``hf_config``/``options`` are replaced whole)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("hf_config", "options"):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
