@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from mmtune.config import Config
 
 ACCEPTS_OVERRIDES = True
 
@@ -23,10 +28,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Loads the config with its overrides and trains."""
     from mmtune.config import load_config
-    from mmtune.training.run import run_training
 
     cfg = load_config(args.config, args.overrides)
-    last = run_training(cfg, args.resume)
+    last = _train(cfg, args.resume)
     if last is not None and os.environ.get("RANK", "0") == "0":
         print(f"last checkpoint: {last}")
     return 0
+
+
+
+def _train(cfg: Config, resume: Optional[str]) -> Optional[Path]:
+    """``run_training(cfg, resume)``; a disk that is full, read-only or blocked (an OSError, which DCP
+    wraps in a CheckpointException listing every rank's traceback) becomes one MMTuneError line."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from mmtune.errors import MMTuneError
+    from mmtune.training.run import run_training
+
+    try:
+        return run_training(cfg, resume)
+    except (OSError, CheckpointException) as exc:
+        failures = getattr(exc, "failures", None) or {}
+        cause = next((e for e, _ in failures.values()), exc)
+        raise MMTuneError(f"storage failure in {cfg.training.output_dir}: {cause}") from exc
