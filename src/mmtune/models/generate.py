@@ -175,21 +175,30 @@ def generate(model: nn.Module, prompts: list[list[int]], pixel_values: Optional[
     ids, positions, sample_ids = _left_pad(prompts, device)
     decoder = _Decoder(llm, _embed(model, ids, pixel_values), positions, sample_ids, budget, use_cache)
     generator = _generator(device, params.seed)
-    stop = torch.tensor(sorted(set(params.stop_ids)), dtype=torch.long, device=device)
     next_pos = torch.tensor([len(p) for p in prompts], device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    done = [False] * len(prompts)
     out: list[list[int]] = [[] for _ in prompts]
     logits = decoder.first() if budget else None
     for step in range(budget):
         tokens = sample_next(logits, params.temperature, params.top_p, generator)
-        active = ~done
-        done |= torch.isin(tokens, stop)
-        for row in (active if params.include_stop else ~done).nonzero().flatten().tolist():
-            token = int(tokens[row])
-            out[row].append(token)
-            if on_token is not None:
-                on_token(row, token)
-        if bool(done.all()) or step == budget - 1:
+        if step < budget - 1:  # queued before the host reads the tokens, so device and host overlap
+            logits = decoder.next(tokens, next_pos + step)
+        for row, token in enumerate(tokens.tolist()):  # the one host sync of a step
+            if not done[row]:
+                _emit(row, token, params, done, out, on_token)
+        if all(done):
             break
-        logits = decoder.next(tokens, next_pos + step)
     return out
+
+
+def _emit(row: int, token: int, params: SamplingParams, done: list[bool], out: list[list[int]],
+          on_token: Optional[TokenCallback]) -> None:
+    """Records the token chosen for an unfinished ``row``: a stop id ends the row (and is returned only
+    with ``include_stop``)."""
+    stopped = token in params.stop_ids
+    done[row] = stopped
+    if stopped and not params.include_stop:
+        return
+    out[row].append(token)
+    if on_token is not None:
+        on_token(row, token)

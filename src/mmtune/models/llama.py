@@ -5,8 +5,10 @@ RMSNorm, SwiGLU, RoPE on Meta's interleaved pairs (optionally with Llama-3 frequ
 query attention and ``F.scaled_dot_product_attention``.
 
 Attention follows the batch contract of ``docs/architecture.md``: ``positions`` feed RoPE and
-``sample_ids`` keep packed samples apart (causal AND same sample; ``-1`` marks padding). With neither
-sample ids nor a cache the causal fast path (``is_causal=True``) runs.
+``sample_ids`` keep packed samples apart (causal AND same sample; ``-1`` marks padding). SDPA's
+mask-free kernels run wherever they are exact: with neither sample ids nor a cache (``is_causal``), for a
+prefill into an empty cache without padding (``is_causal``), and for one-token decoding while the cache
+holds no padding (every cached key is visible: no mask at all).
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class KVCache:
     """Per-layer key/value buffers ``[B, n_kv_heads, max_len, head_dim]`` for incremental decoding.
 
     ``length`` is how many positions are filled (the same for every row: batches are left-padded) and
-    ``valid`` [B, max_len] says which cached keys may be attended to (padding is not). A forward pass
+    ``valid`` [B, max_len] says which cached keys may be attended to (padding is not); ``padded`` turns
+    True once a reserved position was padding (attention then needs the mask). A forward pass
     with the cache reserves its positions (:meth:`reserve`), each layer appends through
     :meth:`update`, and the pass ends with :meth:`advance`.
     """
@@ -102,6 +105,7 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0
+        self.padded = False
 
     @classmethod
     def for_model(cls, model: "Transformer", batch_size: int, max_len: Optional[int] = None) -> "KVCache":
@@ -117,7 +121,12 @@ class KVCache:
         if self.length + n > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.length} used, {n} more asked")
         span = slice(self.length, self.length + n)
-        self.valid[:, span] = True if sample_ids is None else sample_ids >= 0
+        if sample_ids is None:
+            self.valid[:, span] = True
+            return
+        keep = sample_ids >= 0
+        self.valid[:, span] = keep
+        self.padded = self.padded or not bool(keep.all())
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes ``k``/``v`` [B, H_kv, T, D] after the filled positions; returns all keys/values so far."""
@@ -133,7 +142,9 @@ class KVCache:
 
 def attention_mask(n: int, sample_ids: Optional[torch.Tensor], cache: Optional[KVCache],
                    device: torch.device) -> Optional[torch.Tensor]:
-    """The boolean mask [B, 1, n, keys] (True = attend) for ``n`` new queries; None for the causal path.
+    """The boolean mask [B, 1, n, keys] (True = attend) for ``n`` new queries, or None where no mask is
+    needed: causal attention without sample ids or cache, and, while the cache holds no padding, a
+    prefill into the empty cache (causal) or one new query (it sees every key).
 
     Without a cache: causal AND same sample id (padding, id -1, only sees padding, so no row is empty).
     With a cache (after :meth:`KVCache.reserve` for these queries): causal over everything cached,
@@ -142,6 +153,8 @@ def attention_mask(n: int, sample_ids: Optional[torch.Tensor], cache: Optional[K
     if cache is None and sample_ids is None:
         return None
     start = 0 if cache is None else cache.length
+    if cache is not None and not cache.padded and (start == 0 or n == 1):
+        return None
     query_at = torch.arange(start, start + n, device=device)[:, None]
     key_at = torch.arange(start + n, device=device)[None, :]
     causal = key_at <= query_at
@@ -176,13 +189,14 @@ class Attention(nn.Module):
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v)
+        causal = mask is None and q.shape[2] == k.shape[2]
+        assert mask is not None or causal or q.shape[2] == 1, "a mask-free query block must start at key 0"
         gqa = q.shape[1] != k.shape[1]
         if gqa and mask is not None:  # SDPA's GQA runs only in the flash/math kernels, which take no mask
             repeats = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
             gqa = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -1,0 +1,75 @@
+"""Generation fast paths: SDPA runs without a mask where that is exact, and gives the masked results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmtune.config import ModelConfig
+from mmtune.models.generate import SamplingParams, generate
+from mmtune.models.llama import KVCache, Transformer, attention_mask
+
+CFG = {"mha": ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=64),
+       "gqa": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=64)}
+
+
+def _model(name: str) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(CFG[name])
+    model.init_weights()
+    return model.eval()
+
+
+def test_masks_are_dropped_only_while_the_cache_holds_no_padding():
+    cache = KVCache(1, 2, 2, 8, 16)
+    cache.reserve(5, torch.zeros(2, 5, dtype=torch.long))
+    assert not cache.padded and attention_mask(5, None, cache, torch.device("cpu")) is None  # causal prefill
+    cache.advance(5)
+    cache.reserve(1, None)
+    assert attention_mask(1, None, cache, torch.device("cpu")) is None  # one query sees every key
+    cache.advance(1)
+    cache.reserve(3, None)
+    assert attention_mask(3, None, cache, torch.device("cpu")).shape == (2, 1, 3, 9)  # a later block: causal mask
+    padded = KVCache(1, 2, 2, 8, 16)
+    padded.reserve(4, torch.tensor([[-1, 0, 0, 0], [0, 0, 0, 0]]))
+    assert padded.padded and attention_mask(4, None, padded, torch.device("cpu")) is not None
+    padded.advance(4)
+    padded.reserve(1, None)
+    assert padded.padded and attention_mask(1, None, padded, torch.device("cpu")) is not None
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_mask_free_prefill_and_decode_equal_the_masked_path(name):
+    model = _model(name)
+    tokens = torch.randint(0, 97, (2, 10))
+    fast, masked = KVCache.for_model(model, 2, 16), KVCache.for_model(model, 2, 16)
+    masked.padded = True  # forces the boolean-mask path with the same (all valid) keys
+    with torch.no_grad():
+        outs = [model(tokens[:, :7], cache=c) for c in (fast, masked)]
+        assert (outs[0] - outs[1]).abs().max() <= 1e-5
+        for i in range(7, 10):
+            step = [model(tokens[:, i:i + 1], cache=c) for c in (fast, masked)]
+            assert (step[0] - step[1]).abs().max() <= 1e-5
+    assert not fast.padded
+
+
+def test_greedy_batches_with_and_without_padding_agree_with_single_rows():
+    model = _model("gqa")
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14], [3, 4]]
+    params = SamplingParams(max_new_tokens=6)
+    equal = generate(model, prompts[:2], params=params)  # no padding: mask-free prefill and decode
+    mixed = generate(model, prompts, params=params)  # left padding: masked
+    singles = [generate(model, [p], params=params)[0] for p in prompts]
+    assert equal == singles[:2] and mixed == singles
+
+
+def test_generation_stops_rows_and_streams_with_one_read_per_step():
+    model = _model("mha")
+    free = generate(model, [[5, 6, 7]], params=SamplingParams(max_new_tokens=8))[0]
+    stop = free[3]
+    seen: list[tuple[int, int]] = []
+    out = generate(model, [[5, 6, 7], [5, 6, 7]], params=SamplingParams(max_new_tokens=8, stop_ids=[stop]),
+                   on_token=lambda row, token: seen.append((row, token)))
+    cut = free[:free.index(stop)]
+    assert out == [cut, cut]
+    assert [t for r, t in seen if r == 0] == cut and len(seen) == 2 * len(cut)
