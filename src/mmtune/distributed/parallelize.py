@@ -3,8 +3,10 @@
 The order is torchtitan's: tensor parallel first (DTensor ``parallelize_module`` on the tensor-parallel
 sub-mesh), then a non-reentrant activation-checkpoint wrapper per decoder block, then ``compile`` per
 block (in place, so parameter names do not change), and last ``fully_shard`` on the data-parallel
-sub-mesh per decoder block, on the vision tower, on the vocabulary head (when untied, so the loss can
-run it on supervised positions only) and on the root.
+sub-mesh per decoder block, on the vocabulary head (when untied, so the loss can run it on supervised
+positions only) and on the root. The vision tower and connector stay in the root's group on purpose: a
+rank whose micro-batch holds no image skips the tower, and a tower sharded on its own would then miss
+the all-gather the other ranks issue (a hang or a collective mismatch on mixed text/image batches).
 
 The decoder blocks are found through the model contract of ``docs/architecture.md``: the
 ``layers`` list of ``model.llm`` (a :class:`~mmtune.models.vlm.VisionLanguageModel`) or of the model
@@ -100,17 +102,14 @@ def apply_compile(model: nn.Module) -> None:
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
                reshard_after_forward: bool = True) -> None:
-    """``fully_shard`` per decoder block, on the vision tower, on an untied head, and on the root;
-    gradients reduce in fp32."""
+    """``fully_shard`` per decoder block, on an untied head, and on the root (tower and connector
+    included); gradients reduce in fp32."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = decoder_blocks(model)
     for i, block in enumerate(blocks):
         last = i == len(blocks) - 1
         fully_shard(block, mesh=dp_mesh, mp_policy=policy,
                     reshard_after_forward=reshard_after_forward and not last)
-    vision = getattr(model, "vision", None)
-    if isinstance(vision, nn.Module) and any(True for _ in vision.parameters()):
-        fully_shard(vision, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     head = separate_head(model)
     if head is not None:
         fully_shard(head, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
