@@ -67,7 +67,7 @@ def sample_scene(rng: random.Random) -> Scene:
     cells = sorted(rng.sample(range(len(POSITIONS)), count))
     shapes = tuple(
         Shape(position=POSITIONS[c], kind=rng.choice(KINDS), colour=rng.choice(sorted(COLOURS)),
-              scale=rng.uniform(0.7, 1.0), dx=rng.uniform(-0.3, 0.3), dy=rng.uniform(-0.3, 0.3))
+              scale=rng.uniform(0.85, 1.0), dx=rng.uniform(-0.3, 0.3), dy=rng.uniform(-0.3, 0.3))
         for c in cells)
     grey = rng.randint(15, 60)
     return Scene(shapes=shapes, background=(grey, grey, grey))
