@@ -64,9 +64,10 @@ def write_shards(folder: Path, shards: int, per_shard: int, bad: Sequence[int] =
     return str(folder / f"{{00000..{shards - 1:05d}}}.tar")
 
 
-def write_config(path: Path, sources: list[dict], output_dir: Path, **training: object) -> Path:
+def write_config(path: Path, sources: list[dict], output_dir: Path, tokenizer: Path = TOKENIZER,
+                 **training: object) -> Path:
     """A run config inheriting ``configs/debug-stage1.yaml`` with these sources and training values."""
-    data = {"inherit": str(BASE_CONFIG), "tokenizer": {"path": str(TOKENIZER)},
+    data = {"inherit": str(BASE_CONFIG), "tokenizer": {"path": str(tokenizer)},
             "data": {"sources": sources, "max_seq_len": 48, "num_workers": 0, "batching": "packed"},
             "training": {"output_dir": str(output_dir), "global_batch_size": 4, "micro_batch_size": 2,
                          **training}}
@@ -105,23 +106,64 @@ def start(*args: str, nproc: int = 1, log: Optional[Path] = None) -> subprocess.
                             cwd=ROOT, start_new_session=True)
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120, poll: float = 0.002) -> bool:
-    """SIGKILLs ``proc``'s whole process group as soon as ``ready()`` holds; False if it ended first."""
-    deadline = time.monotonic() + timeout
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (``torchrun`` starts its workers in sessions of their own, so a
+    signal to its process group alone would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
     try:
-        while proc.poll() is None:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGKILLs ``proc`` and all its descendants at once (a machine dying); returns their pids."""
+    tree = process_tree(proc.pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(30)
+    return tree
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120,
+              poll: float = 0.002) -> list[int]:
+    """SIGKILLs ``proc``'s whole process tree as soon as ``ready()`` holds and returns the killed pids
+    (empty if the run ended first); every process of the tree is gone when this returns."""
+    deadline = time.monotonic() + timeout
+    killed: list[int] = []
+    try:
+        while proc.poll() is None and not killed:
             if ready():
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-                return True
-            if time.monotonic() > deadline:
+                killed = kill_tree(proc)
+            elif time.monotonic() > deadline:
                 raise TimeoutError("the condition to kill the run never came")
             time.sleep(poll)
-        return False
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+            kill_tree(proc)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return killed
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
