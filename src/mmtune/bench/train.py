@@ -25,14 +25,14 @@ set on CPU, reset before each side where Linux allows) and, on a known GPU, MFU.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
-import math
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ from mmtune.config import Config
 from mmtune.data.encode import EncodedSample
 from mmtune.data.packing import Packer, Row, build_row, collate
 from mmtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mmtune.distributed.env import DistEnv
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +289,28 @@ def _check(cfg: Config, steps: int, warmup: int, sides: Sequence[str]) -> None:
                           "Llava baseline (or leave the transformers side out)")
 
 
+def _make_step(side: str, cfg: Config, env: "DistEnv", source: nn.Module, total: int) -> tuple[str, Callable]:
+    """The name and the step function of one side; the step holds the side's model and optimizer."""
+    from mmtune.models.vlm import build_model
+    from mmtune.training.trainer import RunParts, Trainer
+
+    if side == "transformers":
+        hf = transformers_model(source).to(env.device)
+        kind = "Llava" if source.vision is not None else "Llama"
+        return f"transformers {kind}, padded", transformers_step(hf, cfg, env.device, total)
+    image_token_id = source.image_token_id
+    parts = RunParts(build_model=lambda device: build_model(cfg, image_token_id, device=device), loader=None,
+                     image_token_id=image_token_id)
+    trainer = Trainer(cfg, env, parts)
+    return f"mmtune {side}", lambda batch: trainer.train_step([batch]).loss
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequence[str] = SIDES,
                     seed: int = 0) -> list[TrainBenchResult]:
     """Every side of ``sides`` on the same planned steps (see the module docstring), in one process."""
@@ -294,7 +319,6 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
     from mmtune.models.vision import resolve_image_settings
     from mmtune.models.vlm import build_model
     from mmtune.training.metrics import flops_per_token, peak_flops
-    from mmtune.training.trainer import RunParts, Trainer
 
     _check(cfg, steps, warmup, sides)
     owned = not torch.distributed.is_initialized()
@@ -302,36 +326,26 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
     try:
         if env.world_size != 1:
             raise ConfigError("bench train", f"{env.world_size} processes", "one process (no torchrun)")
-        image_token_id = cfg.model.vocab_size - 1  # inside the vocabulary: transformers embeds it
         torch.manual_seed(cfg.training.seed)  # the trainer builds its weights from the same seed
-        source = build_model(cfg, image_token_id, device="cpu")
+        source = build_model(cfg, cfg.model.vocab_size - 1, device="cpu")  # transformers embeds the image id
         transform = photos = None
         if source.vision is not None:
             transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
             photos = synthetic_photos(16, seed=seed)
-        spec = mixture_spec(cfg, image_token_id, source.num_image_tokens)
-        plan = build_plan(spec, cfg.training.micro_batch_size, warmup + steps, photos or [], seed)
+        plan = build_plan(mixture_spec(cfg, source.image_token_id, source.num_image_tokens),
+                          cfg.training.micro_batch_size, warmup + steps, photos or [], seed)
         fpt = flops_per_token(source, cfg.data.max_seq_len, cfg.model.n_layers, cfg.model.dim)
-        peak = peak_flops(env.device)
         results = []
         with tempfile.TemporaryDirectory() as out:
             tcfg = trainer_config(cfg, warmup + steps, out)
             for side in sides:
                 loader = step_loader(plan.packed if side == "packed" else plan.padded, transform,
                                      cfg.data.num_workers, env.device)
-                if side == "transformers":
-                    hf = transformers_model(source).to(env.device)
-                    step = transformers_step(hf, tcfg, env.device, warmup + steps)
-                    name = "transformers Llava, padded" if source.vision is not None else "transformers Llama, padded"
-                else:
-                    parts = RunParts(build_model=lambda device: build_model(tcfg, image_token_id, device=device),
-                                     loader=None, image_token_id=image_token_id)
-                    trainer = Trainer(tcfg, env, parts)
-                    step = lambda batch, trainer=trainer: trainer.train_step([batch]).loss  # noqa: E731
-                    name = f"mmtune {side}"
+                name, step = _make_step(side, tcfg, env, source, warmup + steps)
                 log.info("bench train: %s, %d steps (%d warm-up)", name, warmup + steps, warmup)
-                results.append(time_side(name, step, loader, env.device, warmup, fpt, peak))
+                results.append(time_side(name, step, loader, env.device, warmup, fpt, peak_flops(env.device)))
                 del step, loader
+                _release(env.device)
         return results
     finally:
         if owned:
