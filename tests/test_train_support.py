@@ -4,7 +4,10 @@
 VisionLanguageModel (BLIP-2 tower + qformer connector: BOS, image positions, text), with a global
 row order that does not depend on the number of ranks and a state that resumes on any number of
 ranks. ``nan_steps`` puts NaN pixels into the batches of those (1-based) optimizer steps, the way a
-corrupt image would poison a loss.
+corrupt image would poison a loss; ``text_only_odd`` leaves odd rows without an image.
+
+Run as a script (``python tests/test_train_support.py OUT_DIR``, under torchrun too) it trains the
+connector and decoder for 3 steps with text-only odd rows into ``OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ class SyntheticLoader:
     ``(j * world + k) * micro ...``, so every optimizer step covers the same rows on any world size."""
 
     def __init__(self, cfg: Config, image_token_id: int, num_image_tokens: int, rank: int = 0,
-                 world_size: int = 1, nan_steps: tuple[int, ...] = ()):
+                 world_size: int = 1, nan_steps: tuple[int, ...] = (), text_only_odd: bool = False):
         self.cfg, self.image_id, self.n_img = cfg, image_token_id, num_image_tokens
         self.rank, self.world = rank, world_size
         self.micro = cfg.training.micro_batch_size
         self.nan_steps = set(nan_steps)
+        self.text_only_odd = text_only_odd
         self.rows_done = 0  # global rows consumed, identical on every rank
 
     def rows_per_epoch(self) -> int:
@@ -69,8 +73,12 @@ class SyntheticLoader:
         start = self.n_img + 1 + int(torch.randint(0, 3, (1,), generator=g))
         labels[start:length - 1] = ids[start + 1:length]
         sample_ids = torch.where(torch.arange(SEQ) < length, 0, -1)
+        pixels = torch.randn(1, 3, 32, 32, generator=g)
+        if self.text_only_odd and r % 2:
+            ids[1:1 + self.n_img] = 7
+            pixels = pixels[:0]
         return {"input_ids": ids, "labels": labels, "positions": torch.arange(SEQ), "sample_ids": sample_ids,
-                "pixel_values": torch.randn(1, 3, 32, 32, generator=g)}
+                "pixel_values": pixels}
 
     def __iter__(self) -> Iterator[dict]:
         per_step = self.cfg.training.global_batch_size
@@ -82,19 +90,24 @@ class SyntheticLoader:
             batch = {k: torch.stack([r[k] for r in rows]) for k in ("input_ids", "labels", "positions",
                                                                      "sample_ids")}
             batch["pixel_values"] = torch.cat([r["pixel_values"] for r in rows])
-            if step in self.nan_steps:
+            if not len(batch["pixel_values"]):
+                del batch["pixel_values"]
+            elif step in self.nan_steps:
                 batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
             yield batch
 
 
-def train_in_process(cfg: Config, resume: Path | None = None, nan_steps: tuple[int, ...] = ()) -> Path | None:
-    """Trains ``cfg`` in this process on :class:`SyntheticLoader` data; returns the last checkpoint."""
+def train_in_process(cfg: Config, resume: Path | None = None, nan_steps: tuple[int, ...] = (),
+                     text_only_odd: bool = False) -> Path | None:
+    """Trains ``cfg`` in this process (one rank of a torchrun job, or alone) on :class:`SyntheticLoader`
+    data; returns the last checkpoint."""
     env = init_distributed(cfg.parallel.tp)
 
     def build(device: str) -> torch.nn.Module:
         return build_model(cfg, IMAGE_ID, device=device)
 
-    loader = SyntheticLoader(cfg, IMAGE_ID, build("meta").num_image_tokens, nan_steps=nan_steps)
+    loader = SyntheticLoader(cfg, IMAGE_ID, build("meta").num_image_tokens, env.dp_rank, env.dp_size,
+                             nan_steps=nan_steps, text_only_odd=text_only_odd)
     holder: dict = {}
     ok = False
     try:
@@ -111,3 +124,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def mixed_modality_config(out: Path) -> Config:
+    """Connector and decoder train, 3 steps of 2 rows, no checkpoint before the end."""
+    return tiny_config(out, "--trainable.llm", "full", "--training.max_steps", "3", "--training.save_every", "0")
+
+
+if __name__ == "__main__":
+    import sys
+
+    train_in_process(mixed_modality_config(Path(sys.argv[1])), text_only_odd=True)

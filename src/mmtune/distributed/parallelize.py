@@ -114,6 +114,7 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
     if head is not None:
         fully_shard(head, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    model.set_reduce_scatter_unused_params(True)  # a rank without images has no connector gradient
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, dp_mesh: DeviceMesh, tp_mesh: Optional[DeviceMesh],
