@@ -17,6 +17,7 @@ RATIO_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "tokens_per_s", "su
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Registers the ``generate``, ``train`` and ``data`` benchmarks and their options."""
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     g = sub.add_parser("generate", help="prefill/decode tokens/s vs transformers' generate on the same weights")
     g.add_argument("--model", required=True, help="saved-model directory")
@@ -120,6 +121,7 @@ def _data(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs the chosen benchmark and prints its table (or JSON)."""
     from dataclasses import asdict
 
     results = {"generate": _generate, "train": _train, "data": _data}[args.bench](args)
