@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from mmtune.config import Config, build
 from mmtune.errors import CheckpointError
 from mmtune.models.io import load_model, read_weights, save_model
 from mmtune.models.vlm import build_model
+
+TOKENIZER = Path(__file__).parent / "assets" / "llama-tokenizer"
 
 
 class RunsCode:
@@ -125,3 +128,31 @@ def test_convert_accessory_refuses_a_code_running_shard(tmp_path, capsys):
     assert code == 2 and not marker.exists()
     assert lines[-1].startswith("mmtune convert: error: ") and "Traceback" not in "\n".join(lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_training_checkpoint_whose_metadata_runs_code_is_refused(tmp_path, capsys):
+    from mmtune.cli import main
+
+    step, marker = tmp_path / "run" / "checkpoints" / "step_00000001", tmp_path / "code-ran"
+    step.mkdir(parents=True)
+    (step / ".metadata").write_bytes(pickle.dumps(RunsCode(str(marker))))
+    torch.save({"step": 1}, step / "trainer_state.pt")
+    (step / "checkpoint.json").write_text(json.dumps({"world_size": 1, "image_token_id": 32000, "step": 1}))
+    (step / "config.yaml").write_text(f"model: {{preset: debug, n_layers: 1}}\ntokenizer: {{path: {TOKENIZER}}}\n")
+    code = main(["export", str(step), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert not marker.exists(), "unpickling the checkpoint metadata ran code"
+    assert code == 2 and "refused" in err.strip().splitlines()[-1], err[-2000:]
+
+
+def test_a_training_checkpoint_whose_trainer_state_runs_code_is_refused(tmp_path):
+    from test_train_support import tiny_config, train_in_process
+
+    cfg = tiny_config(tmp_path, "--training.max_steps", "1", "--training.save_every", "0")
+    last = train_in_process(cfg)
+    marker = tmp_path / "code-ran"
+    state = torch.load(last / "trainer_state.pt", weights_only=False)
+    torch.save({**state, "rng": RunsCode(str(marker))}, last / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        train_in_process(tiny_config(tmp_path / "again", "--training.max_steps", "2"), resume=last)
+    assert not marker.exists(), "unpickling the trainer state ran code"
