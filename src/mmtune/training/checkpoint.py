@@ -11,8 +11,10 @@ complete, so a crash mid-save never leaves a complete-looking partial checkpoint
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import pickle
 import re
 import shutil
 import warnings
@@ -22,6 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
@@ -111,20 +114,78 @@ def prune(output_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_METADATA_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
+                     ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` allowing only DCP's own classes and torch sizes, dtypes, layouts."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        kind = getattr(torch, name, None) if module == "torch" else None
+        if (module.startswith("torch.distributed.checkpoint.") or (module, name) in _METADATA_GLOBALS
+                or isinstance(kind, (torch.dtype, torch.layout, torch.memory_format))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner, but non-tensor entries must unpickle with ``weights_only=True``."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        torch.load(io.BytesIO(value.getvalue()), weights_only=True)
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+def _dcp_load(state: dict, path: Path, **kwargs: Any) -> None:
+    """``dcp.load`` of checkpoint ``path`` after checking that nothing in it unpickles into code;
+    CheckpointError (nothing executed) otherwise. Training checkpoints may come from elsewhere."""
+    read_metadata(path)
+    try:
+        dcp.load(state, checkpoint_id=str(path), planner=_SafeLoadPlanner(), **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load, it holds more than tensors and plain values: "
+                              f"{str(exc).strip().splitlines()[-1][:200]}") from None
+
+
+def read_metadata(path: Path) -> Any:
+    """DCP's ``.metadata`` of checkpoint ``path``, unpickled with only DCP's own classes allowed."""
+    try:
+        with open(Path(path) / ".metadata", "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load, its metadata holds more than DCP's records: "
+                              f"{str(exc).strip().splitlines()[-1][:200]}") from None
+
+
+def _load_state(path: Path) -> dict:
+    """``trainer_state.pt`` with ``weights_only=True`` (NumPy's RNG state array allowed)."""
+    import numpy as np
+
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path / STATE_FILE}: refused to load, it holds more than tensors and plain "
+                              f"values: {str(exc).strip().splitlines()[-1][:200]}") from None
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Loads model and optimizer shards from ``path`` (any number of ranks); returns the trainer state."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    _dcp_load(state, path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    return _load_state(path)
 
 
 def load_model_weights(path: Path, model: nn.Module) -> None:
     """Loads only the model weights of training checkpoint ``path`` into a (sharded) model."""
     model_sd = get_model_state_dict(model)
     state = {"model": model_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    _dcp_load(state, path)
     set_model_state_dict(model, state["model"])
 
 
@@ -140,7 +201,7 @@ def load_plain(path: Path, model: nn.Module) -> None:
     group needed); raises CheckpointError naming weights the checkpoint lacks or has in another shape."""
     if not (Path(path) / ".metadata").is_file():
         raise CheckpointError(f"{path}: not a training checkpoint (no .metadata)")
-    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = read_metadata(path).state_dict_metadata
     model_sd = model.state_dict()
     wrong = [k for k, v in model_sd.items()
              if f"model.{k}" not in saved or tuple(getattr(saved[f"model.{k}"], "size", ())) != tuple(v.shape)]
@@ -150,7 +211,7 @@ def load_plain(path: Path, model: nn.Module) -> None:
     state = {"model": model_sd}
     with warnings.catch_warnings():  # DCP warns that it loads in a single process: that is the intent
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path), no_dist=not torch.distributed.is_initialized())
+        _dcp_load(state, path, no_dist=not torch.distributed.is_initialized())
     model.load_state_dict(state["model"])
 
 
