@@ -77,7 +77,7 @@ QUESTION_KINDS: dict[str, Callable[[Scene, random.Random], list[Turn]]] = {
 }
 
 
-def questions(scene: Scene, rng: random.Random, max_groups: int = 2) -> list[Turn]:
+def questions(scene: Scene, rng: random.Random, max_groups: int = 4) -> list[Turn]:
     """A conversation about ``scene``: 1..max_groups question groups, each with optional follow-ups."""
     turns: list[Turn] = []
     for name in rng.sample(sorted(QUESTION_KINDS), rng.randint(1, max_groups)):

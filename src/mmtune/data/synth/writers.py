@@ -89,7 +89,7 @@ def _write_stage1(out: Path, scenes: list[Scene], rng: random.Random, sizes: Wor
 def _conversation(scene: Scene, rng: random.Random, caption_first: bool) -> list[dict]:
     turns = questions(scene, rng)
     if caption_first:
-        turns = [(rng.choice(CAPTION_PROMPTS), caption(scene, rng.choice(sorted(PHRASINGS))))] + turns[:1]
+        turns = [(rng.choice(CAPTION_PROMPTS), caption(scene, rng.choice(sorted(PHRASINGS))))] + turns[:2]
     conv = []
     for i, (q, a) in enumerate(turns):
         conv.append({"from": "human", "value": f"<image>\n{q}" if i == 0 else q})
