@@ -16,10 +16,12 @@ longest (LLaVA-1.5's batching). The three sides are
 
 Because each step's loss is the sum over its targets divided by their count, all sides see the same
 first-step loss (they diverge only by rounding afterwards). Images are JPEG bytes decoded and
-transformed in ``data.num_workers`` DataLoader workers, as in training. Figures per side: real (non-
-padding) tokens/s, supervised tokens/s, samples/s, median step time, the share of step time spent
-waiting for data, the padding share, peak memory (CUDA allocator peak, or the process's peak resident
-set on CPU, reset before each side where Linux allows) and, on a known GPU, MFU.
+transformed in ``data.num_workers`` DataLoader workers, as in training. All sides are built first (they
+are in memory together) and their steps run interleaved, so that a change in the machine's load hits
+every side alike. Figures per side: real (non-padding) tokens/s, supervised tokens/s, samples/s,
+median step time, the share of step time spent waiting for data, the padding share, peak memory (its
+parameters and optimizer state plus the largest rise within one of its steps: CUDA allocator figures,
+or the resident set on CPU) and, on a known GPU, MFU.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -141,21 +143,27 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
     except OSError:
         pass
 
 
-def _peak_gb(device: torch.device) -> float:
+def _memory_gb(device: torch.device) -> tuple[float, float]:
+    """(now, peak since the last reset): CUDA allocator figures, or resident set sizes on CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    from mmtune.training.metrics import peak_memory_gb
-
+        return torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
     try:
-        status = Path("/proc/self/status").read_text().splitlines()
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
-    except (OSError, StopIteration, ValueError):
-        return peak_memory_gb(device)
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return int(status["VmRSS"].split()[0]) / 2**20, int(status["VmHWM"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return 0.0, 0.0
+
+
+def state_gb(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """GiB held between steps: parameters and optimizer state."""
+    tensors = list(model.parameters()) + [v for state in optimizer.state.values() for v in state.values()
+                                          if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
 
 
 def _sync(device: torch.device) -> None:
@@ -163,36 +171,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_side(name: str, step: Callable[[dict], float], loader: DataLoader, device: torch.device, warmup: int,
-              flops_per_token: float, peak_flops: Optional[float]) -> TrainBenchResult:
-    """Runs ``step`` on every batch of ``loader``; the steps after ``warmup`` are timed."""
+@dataclass
+class Side:
+    """One side of the comparison: its step function, data and between-step memory."""
+
+    name: str
+    step: Callable[[dict], float]
+    loader: DataLoader
+    state_gb: Callable[[], float]
+    totals: dict = field(default_factory=lambda: dict.fromkeys(
+        ("tokens", "supervised", "samples", "padding", "wait", "time", "transient"), 0.0))
+    step_times: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def _timed_step(side: Side, batches: Iterator, device: torch.device, timed: bool) -> None:
+    """One step of ``side``: data wait, step time and the step's memory peak above the start."""
+    _sync(device)
     _reset_peak(device)
-    totals = dict.fromkeys(("tokens", "supervised", "samples", "padding", "wait", "time"), 0.0)
-    step_times, losses = [], []
-    batches = iter(loader)
-    for i in range(len(loader)):
-        _sync(device)
-        started = time.perf_counter()
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        waited = time.perf_counter() - started
-        losses.append(step(batch))
-        _sync(device)
-        elapsed = time.perf_counter() - started
-        if i < warmup:
-            continue
-        step_times.append(elapsed)
-        for key, value in (("tokens", batch["num_tokens"]), ("supervised", batch["num_supervised"]),
-                           ("samples", batch["num_samples"]), ("padding", batch["num_padding"])):
-            totals[key] += float(value)
-        totals["wait"] += waited
-        totals["time"] += elapsed
-    seconds = max(totals["time"], 1e-9)
-    tokens_per_s = totals["tokens"] / seconds
-    mfu = flops_per_token * tokens_per_s / peak_flops if peak_flops and flops_per_token else None
-    return TrainBenchResult(name, tokens_per_s, totals["supervised"] / seconds, totals["samples"] / seconds,
-                            statistics.median(step_times), totals["wait"] / seconds,
-                            totals["padding"] / max(totals["tokens"] + totals["padding"], 1.0), _peak_gb(device),
-                            mfu, losses)
+    before, _ = _memory_gb(device)
+    started = time.perf_counter()
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+    waited = time.perf_counter() - started
+    side.losses.append(side.step(batch))
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    side.totals["transient"] = max(side.totals["transient"], _memory_gb(device)[1] - before)
+    if not timed:
+        return
+    side.step_times.append(elapsed)
+    for key in ("tokens", "supervised", "samples", "padding"):
+        side.totals[key] += float(batch[f"num_{key}"])
+    side.totals["wait"] += waited
+    side.totals["time"] += elapsed
+
+
+def time_sides(sides: list[Side], device: torch.device, warmup: int, flops_per_token: float,
+               peak_flops: Optional[float]) -> list[TrainBenchResult]:
+    """Runs the sides' steps interleaved (step 1 of every side, then step 2, ...), so that a change in
+    the machine's load hits every side alike; the steps after ``warmup`` are timed. Peak memory is a
+    side's parameters and optimizer state plus the largest rise of memory within one of its steps."""
+    iterators = [iter(side.loader) for side in sides]
+    for i in range(len(sides[0].loader)):
+        for side, batches in zip(sides, iterators):
+            _timed_step(side, batches, device, timed=i >= warmup)
+    results = []
+    for side in sides:
+        t = side.totals
+        seconds = max(t["time"], 1e-9)
+        tokens_per_s = t["tokens"] / seconds
+        mfu = flops_per_token * tokens_per_s / peak_flops if peak_flops and flops_per_token else None
+        results.append(TrainBenchResult(
+            side.name, tokens_per_s, t["supervised"] / seconds, t["samples"] / seconds,
+            statistics.median(side.step_times), t["wait"] / seconds,
+            t["padding"] / max(t["tokens"] + t["padding"], 1.0), side.state_gb() + t["transient"], mfu,
+            side.losses))
+    return results
 
 
 def trainer_config(cfg: Config, steps: int, output_dir: str) -> Config:
@@ -253,9 +287,10 @@ def _set_trainable(hf: nn.Module, cfg: Config) -> None:
                 module.eval()
 
 
-def transformers_step(hf: nn.Module, cfg: Config, device: torch.device, total_steps: int) -> Callable[[dict], float]:
-    """One optimizer step of the transformers side: its own loss, the trainer's AdamW, schedule and
-    clipping, bf16 autocast when the run computes in bf16."""
+def transformers_step(hf: nn.Module, cfg: Config, device: torch.device,
+                      total_steps: int) -> tuple[Callable[[dict], float], torch.optim.Optimizer]:
+    """One optimizer step of the transformers side (and its optimizer): its own loss, the trainer's
+    AdamW, schedule and clipping, bf16 autocast when the run computes in bf16."""
     from mmtune.distributed.parallelize import compute_dtype
     from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
 
@@ -275,7 +310,7 @@ def transformers_step(hf: nn.Module, cfg: Config, device: torch.device, total_st
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    return step
+    return step, optimizer
 
 
 def _check(cfg: Config, steps: int, warmup: int, sides: Sequence[str]) -> None:
@@ -289,20 +324,22 @@ def _check(cfg: Config, steps: int, warmup: int, sides: Sequence[str]) -> None:
                           "Llava baseline (or leave the transformers side out)")
 
 
-def _make_step(side: str, cfg: Config, env: "DistEnv", source: nn.Module, total: int) -> tuple[str, Callable]:
-    """The name and the step function of one side; the step holds the side's model and optimizer."""
+def make_side(side: str, cfg: Config, env: "DistEnv", source: nn.Module, total: int, loader: DataLoader) -> Side:
+    """The trainer (``packed``/``padded``) or the transformers twin of ``source`` as a :class:`Side`."""
     from mmtune.models.vlm import build_model
     from mmtune.training.trainer import RunParts, Trainer
 
     if side == "transformers":
         hf = transformers_model(source).to(env.device)
+        step, optimizer = transformers_step(hf, cfg, env.device, total)
         kind = "Llava" if source.vision is not None else "Llama"
-        return f"transformers {kind}, padded", transformers_step(hf, cfg, env.device, total)
+        return Side(f"transformers {kind}, padded", step, loader, lambda: state_gb(hf, optimizer))
     image_token_id = source.image_token_id
     parts = RunParts(build_model=lambda device: build_model(cfg, image_token_id, device=device), loader=None,
                      image_token_id=image_token_id)
     trainer = Trainer(cfg, env, parts)
-    return f"mmtune {side}", lambda batch: trainer.train_step([batch]).loss
+    return Side(f"mmtune {side}", lambda batch: trainer.train_step([batch]).loss, loader,
+                lambda: state_gb(trainer.model, trainer.optimizer))
 
 
 def _release(device: torch.device) -> None:
@@ -335,17 +372,17 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
         plan = build_plan(mixture_spec(cfg, source.image_token_id, source.num_image_tokens),
                           cfg.training.micro_batch_size, warmup + steps, photos or [], seed)
         fpt = flops_per_token(source, cfg.data.max_seq_len, cfg.model.n_layers, cfg.model.dim)
-        results = []
         with tempfile.TemporaryDirectory() as out:
             tcfg = trainer_config(cfg, warmup + steps, out)
-            for side in sides:
-                loader = step_loader(plan.packed if side == "packed" else plan.padded, transform,
-                                     cfg.data.num_workers, env.device)
-                name, step = _make_step(side, tcfg, env, source, warmup + steps)
-                log.info("bench train: %s, %d steps (%d warm-up)", name, warmup + steps, warmup)
-                results.append(time_side(name, step, loader, env.device, warmup, fpt, peak_flops(env.device)))
-                del step, loader
-                _release(env.device)
+            built = [make_side(side, tcfg, env, source, warmup + steps,
+                               step_loader(plan.packed if side == "packed" else plan.padded, transform,
+                                           cfg.data.num_workers, env.device)) for side in sides]
+            del source
+            log.info("bench train: %s, %d steps each (%d warm-up), interleaved",
+                     ", ".join(s.name for s in built), warmup + steps, warmup)
+            results = time_sides(built, env.device, warmup, fpt, peak_flops(env.device))
+            del built
+            _release(env.device)
         return results
     finally:
         if owned:
