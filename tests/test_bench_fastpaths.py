@@ -73,3 +73,32 @@ def test_generation_stops_rows_and_streams_with_one_read_per_step():
     cut = free[:free.index(stop)]
     assert out == [cut, cut]
     assert [t for r, t in seen if r == 0] == cut and len(seen) == 2 * len(cut)
+
+
+def test_sample_segments_read_contiguous_runs_and_refuse_split_ids():
+    from mmtune.models.llama import sample_segments
+
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2, -1, -1], [0] * 8])
+    assert sample_segments(ids) == (((0, 2), (2, 5), (5, 6), (6, 8)), ((0, 8),))
+    assert sample_segments(torch.tensor([[0, 1, 0]])) is None
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_packed_rows_attend_sample_by_sample_like_the_mask(name):
+    from mmtune.models.llama import attention_mask, segment_attention, sample_segments
+
+    gen = torch.Generator().manual_seed(0)
+    heads_kv = 2 if name == "gqa" else 4
+    q = torch.randn(2, 4, 9, 8, generator=gen, requires_grad=True)
+    k = torch.randn(2, heads_kv, 9, 8, generator=gen, requires_grad=True)
+    v = torch.randn(2, heads_kv, 9, 8, generator=gen, requires_grad=True)
+    ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, -1], [0, 0, 0, 0, 1, 1, 1, 1, 1]])
+    fast = segment_attention(q, k, v, sample_segments(ids), heads_kv != 4)
+    rep = 4 // heads_kv
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=attention_mask(9, ids, None, q.device))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)

@@ -8,13 +8,15 @@ Attention follows the batch contract of ``docs/architecture.md``: ``positions`` 
 ``sample_ids`` keep packed samples apart (causal AND same sample; ``-1`` marks padding). SDPA's
 mask-free kernels run wherever they are exact: with neither sample ids nor a cache (``is_causal``), for a
 prefill into an empty cache without padding (``is_causal``), and for one-token decoding while the cache
-holds no padding (every cached key is visible: no mask at all).
+holds no padding (every cached key is visible: no mask at all). Packed rows (each sample id one
+contiguous run) attend sample by sample with ``is_causal``, so a row of several samples costs the sum of
+their squared lengths instead of the row length squared; compiled blocks keep the boolean mask.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +167,45 @@ def attention_mask(n: int, sample_ids: Optional[torch.Tensor], cache: Optional[K
     return (causal & valid) | (key_at == query_at)
 
 
+Segments = tuple[tuple[tuple[int, int], ...], ...]
+"""Per row, the ``(start, end)`` of each run of one sample id (padding is a run of its own)."""
+
+
+def sample_segments(sample_ids: torch.Tensor) -> Optional[Segments]:
+    """The runs of equal ids of each row when every id of a row is one contiguous run (the packed
+    layout), else None. Reads the ids' run starts to the host once."""
+    b, t = sample_ids.shape
+    change = torch.ones_like(sample_ids, dtype=torch.bool)
+    change[:, 1:] = sample_ids[:, 1:] != sample_ids[:, :-1]
+    rows, starts = change.nonzero(as_tuple=True)
+    runs = torch.stack([rows, starts, sample_ids[rows, starts]]).tolist()
+    bounds: list[list[tuple[int, int]]] = [[] for _ in range(b)]
+    seen: set[tuple[int, int]] = set()
+    for i, (row, start, sid) in enumerate(zip(*runs)):
+        if (row, sid) in seen:
+            return None
+        seen.add((row, sid))
+        end = runs[1][i + 1] if i + 1 < len(runs[0]) and runs[0][i + 1] == row else t
+        bounds[row].append((start, end))
+    return tuple(tuple(r) for r in bounds)
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments,
+                      gqa: bool) -> torch.Tensor:
+    """Causal attention [B, H, T, D] within each segment of each row (the packed-sample mask, exactly)."""
+    rows = []
+    for b, row in enumerate(segments):
+        parts = [F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e],
+                                                is_causal=True, enable_gqa=gqa) for s, e in row]
+        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    return torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+
+
+def _compiled(layers: nn.ModuleList) -> bool:
+    """True when a block was compiled in place (segment bounds would recompile it per packing layout)."""
+    return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads, RoPE and an optional KV cache."""
 
@@ -179,9 +220,10 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
-                cache: Optional[KVCache] = None) -> torch.Tensor:
-        """``x`` [B, T, dim] -> [B, T, dim]; heads are inferred from the projections' widths."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
+        """``x`` [B, T, dim] -> [B, T, dim]; heads are inferred from the projections' widths. ``mask`` is a
+        boolean mask, packed-sample :data:`Segments`, or None (see :func:`attention_mask`)."""
         b, t, _ = x.shape
         q = apply_rope(self.wq(x).view(b, t, -1, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(b, t, -1, self.head_dim), cos, sin)
@@ -189,6 +231,9 @@ class Attention(nn.Module):
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v)
+        if isinstance(mask, tuple):
+            out = segment_attention(q, k, v, mask, q.shape[1] != k.shape[1])
+            return self.wo(out.transpose(1, 2).reshape(b, t, -1))
         causal = mask is None and q.shape[2] == k.shape[2]
         assert mask is not None or causal or q.shape[2] == 1, "a mask-free query block must start at key 0"
         gqa = q.shape[1] != k.shape[1]
@@ -224,8 +269,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
-                cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
         """``x`` [B, T, dim] -> [B, T, dim]."""
         h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -306,7 +351,10 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         if cache is not None:
             cache.reserve(t, sample_ids)
-        mask = attention_mask(t, sample_ids, cache, h.device)
+        segments = None
+        if cache is None and sample_ids is not None and not _compiled(self.layers):
+            segments = sample_segments(sample_ids)
+        mask = segments if segments is not None else attention_mask(t, sample_ids, cache, h.device)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
         if cache is not None:
