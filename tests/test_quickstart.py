@@ -51,21 +51,22 @@ def test_missing_config_dir_is_a_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_short_quickstart_learns(tmp_path, capsys):
     out = tmp_path / "qs"
-    code = main(["quickstart", "--out", str(out), "--images", "1500", "--stage1-steps", "250",
-                 "--stage2-steps", "350", "--eval-images", "60"])
+    code = main(["quickstart", "--out", str(out), "--images", "1000", "--stage1-steps", "300",
+                 "--stage2-steps", "300", "--eval-images", "40"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     for name in ("report.md", "stage1_loss.png", "stage2_loss.png", "stage1/config.json", "stage2/model.safetensors"):
         assert (out / name).is_file(), name
     stage1, stage2 = report["stage1"], report["stage2"]
-    assert (stage1["steps"], stage2["steps"]) == (250, 350)
+    assert (stage1["steps"], stage2["steps"]) == (300, 300)
     # chance: a caption states every fact right ~0%; answers from priors alone reach about 0.3
-    assert stage2["vqa_accuracy"] > 0.45, stage2
+    assert stage2["vqa_accuracy"] > 0.4, stage2
     assert stage2["text_accuracy"] > 0.5, stage2
-    assert stage2["caption_accuracy"] > 0.3, stage2
-    assert stage1["caption_accuracy"] > 0.3, stage1
+    assert stage2["caption_accuracy"] > 0.2, stage2
+    assert stage1["caption_accuracy"] > 0.2, stage1
     printed = capsys.readouterr().out
     assert "stage 2 VQA accuracy" in printed and "(prefix) there is" in printed
     assert any(ex["prompt"] == "(prefix) there is" and ex["answer"].startswith("there is") for ex in report["examples"])
