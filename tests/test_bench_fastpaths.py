@@ -102,3 +102,16 @@ def test_packed_rows_attend_sample_by_sample_like_the_mask(name):
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_runs_of_both_sides_produce_the_same_greedy_tokens():
+    from mmtune.bench.generate import hf_causal_lm, interleaved_medians, mmtune_run, transformers_run
+
+    model = _model("gqa")
+    prompts = torch.randint(3, 97, (3, 6)).tolist()
+    ours = mmtune_run(model, prompts, 5)()
+    theirs = transformers_run(hf_causal_lm(model), prompts, 5)()
+    assert theirs[:, 6:].tolist() == ours
+    calls: list[str] = []
+    medians = interleaved_medians([lambda: calls.append("a"), lambda: calls.append("b")], repeats=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and len(medians) == 2

@@ -29,15 +29,18 @@ class GenerateBenchResult:
     decode_tokens_per_s: float
 
 
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    """The median wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """The median wall time of each of ``fns`` over ``repeats`` rounds that call every function once, in
+    turn (after one warm-up call each), so that a change in the machine's load hits all of them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def hf_causal_lm(llm: Transformer) -> torch.nn.Module:
@@ -56,29 +59,21 @@ def _prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[in
     return torch.randint(3, vocab, (batch, prompt_len), generator=gen).tolist()
 
 
-def bench_mmtune(llm: Transformer, prompts: list[list[int]], new_tokens: int, repeats: int) -> GenerateBenchResult:
-    """Prefill and decode throughput of :func:`mmtune.models.generate.generate`."""
-    def run(n: int) -> Callable[[], object]:
-        return lambda: generate(llm, prompts, params=SamplingParams(max_new_tokens=n))
-
-    return _result("mmtune", prompts, new_tokens, _best_time(run(1), repeats), _best_time(run(new_tokens), repeats))
+def mmtune_run(llm: Transformer, prompts: list[list[int]], n: int) -> Callable[[], object]:
+    """A call of :func:`mmtune.models.generate.generate` producing ``n`` tokens per prompt (greedy)."""
+    return lambda: generate(llm, prompts, params=SamplingParams(max_new_tokens=n))
 
 
-def bench_transformers(hf: torch.nn.Module, prompts: list[list[int]], new_tokens: int,
-                       repeats: int) -> GenerateBenchResult:
-    """Prefill and decode throughput of transformers' ``generate`` (greedy, KV cache on)."""
+def transformers_run(hf: torch.nn.Module, prompts: list[list[int]], n: int) -> Callable[[], object]:
+    """A call of transformers' ``generate`` producing exactly ``n`` tokens per prompt (greedy, KV cache)."""
     ids = torch.tensor(prompts)
     mask = torch.ones_like(ids)
 
-    def run(n: int) -> Callable[[], object]:
-        def call() -> object:
-            with torch.inference_mode():
-                return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                   do_sample=False, use_cache=True, pad_token_id=0)
-        return call
-
-    return _result("transformers", prompts, new_tokens, _best_time(run(1), repeats),
-                   _best_time(run(new_tokens), repeats))
+    def call() -> object:
+        with torch.inference_mode():
+            return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                               do_sample=False, use_cache=True, pad_token_id=0)
+    return call
 
 
 def _result(name: str, prompts: list[list[int]], new_tokens: int, t_first: float, t_all: float) -> GenerateBenchResult:
@@ -89,7 +84,7 @@ def _result(name: str, prompts: list[list[int]], new_tokens: int, t_first: float
 
 def run_generate_bench(llm: Transformer, *, batch: int = 1, prompt_len: int = 128, new_tokens: int = 64,
                        repeats: int = 3, seed: int = 0) -> list[GenerateBenchResult]:
-    """Both sides on the same prompts; the decoder is put in eval mode."""
+    """Both sides on the same prompts, their runs interleaved; the decoder is put in eval mode."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be at least 2 to time decoding, got {new_tokens}")
     if prompt_len + new_tokens > llm.cfg.max_seq_len:
@@ -97,6 +92,8 @@ def run_generate_bench(llm: Transformer, *, batch: int = 1, prompt_len: int = 12
                          f"max_seq_len {llm.cfg.max_seq_len}")
     llm.eval()
     prompts = _prompts(batch, prompt_len, llm.cfg.vocab_size, seed)
-    ours = bench_mmtune(llm, prompts, new_tokens, repeats)
-    theirs = bench_transformers(hf_causal_lm(llm), prompts, new_tokens, repeats)
-    return [ours, theirs]
+    hf = hf_causal_lm(llm)
+    fns = [mmtune_run(llm, prompts, 1), mmtune_run(llm, prompts, new_tokens),
+           transformers_run(hf, prompts, 1), transformers_run(hf, prompts, new_tokens)]
+    t = interleaved_medians(fns, repeats)
+    return [_result("mmtune", prompts, new_tokens, t[0], t[1]), _result("transformers", prompts, new_tokens, t[2], t[3])]
