@@ -105,7 +105,8 @@ def test_packed_rows_attend_sample_by_sample_like_the_mask(name):
 
 
 def test_bench_runs_of_both_sides_produce_the_same_greedy_tokens():
-    from mmtune.bench.generate import hf_causal_lm, interleaved_medians, mmtune_run, transformers_run
+    from mmtune.bench.generate import hf_causal_lm, mmtune_run, transformers_run
+    from mmtune.bench.timing import interleaved_medians
 
     model = _model("gqa")
     prompts = torch.randint(3, 97, (3, 6)).tolist()

@@ -2,7 +2,7 @@
 
 The same photo-like JPEGs (:func:`mmtune.bench.synthetic.synthetic_photos`, 640 x 480 by default, the
 size of a COCO image) are written as files and as webdataset shards (img2dataset layout). Sides, each
-in one process (= one loader worker):
+in one process (= one loader worker), timed in turn (pass 1 of every side, then pass 2, ...):
 
 * ``mmtune, files``: :class:`~mmtune.data.images.ImageTransform` on each file path;
 * ``mmtune, shards``: :func:`~mmtune.data.sources.shards.read_shard` streams the records, then the same
@@ -18,9 +18,7 @@ loader's default) and reports the total images/s.
 from __future__ import annotations
 
 import io
-import statistics
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from mmtune.bench.timing import interleaved_medians
 from mmtune.data.images import ImageTransform
 from mmtune.data.sources.formats import EntryOptions
 from mmtune.data.sources.shards import read_shard
@@ -116,17 +115,6 @@ class _Files(Dataset):
         return self.transform(self.files[index])
 
 
-def _rate(run: Callable[[], int], repeats: int) -> float:
-    """Images per second: the median over ``repeats`` timed calls after a warm-up call."""
-    run()
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        count = run()
-        rates.append(count / (time.perf_counter() - started))
-    return statistics.median(rates)
-
-
 def run_data_bench(transform: ImageTransform, folder: Path, *, images: int = 64, width: int = 640,
                    height: int = 480, workers: int = 0, repeats: int = 3, seed: int = 0) -> list[DataBenchResult]:
     """Every side on the same ``images`` photos written under ``folder`` (see the module docstring)."""
@@ -146,14 +134,14 @@ def run_data_bench(transform: ImageTransform, folder: Path, *, images: int = 64,
 
 def _sides(files: list[Path], shards: list[str], transform: ImageTransform, theirs: Callable[[Path], torch.Tensor],
            workers: int, repeats: int) -> list[DataBenchResult]:
-    results = [
-        DataBenchResult("mmtune, files", _rate(lambda: sum(1 for f in files if transform(f) is not None), repeats)),
-        DataBenchResult("mmtune, shards", _rate(lambda: sum(1 for _ in _shard_images(shards, transform)), repeats)),
+    """Times every side in turn (see :func:`~mmtune.bench.timing.interleaved_medians`)."""
+    sides: list[tuple[str, int, Callable[[], object]]] = [
+        ("mmtune, files", 1, lambda: [transform(f) for f in files]),
+        ("mmtune, shards", 1, lambda: list(_shard_images(shards, transform))),
     ]
     if workers:
         loader = DataLoader(_Files(files, transform), batch_size=None, num_workers=workers, persistent_workers=True)
-        results.append(DataBenchResult(f"mmtune, files, {workers} workers (total)",
-                                       _rate(lambda: sum(1 for _ in loader), repeats), workers))
-    results.append(DataBenchResult("transformers, files", _rate(lambda: sum(1 for f in files if theirs(f) is not None),
-                                                                repeats)))
-    return results
+        sides.append((f"mmtune, files, {workers} workers (total)", workers, lambda: list(loader)))
+    sides.append(("transformers, files", 1, lambda: [theirs(f) for f in files]))
+    seconds = interleaved_medians([fn for _, _, fn in sides], repeats)
+    return [DataBenchResult(name, len(files) / t, n) for (name, n, _), t in zip(sides, seconds)]

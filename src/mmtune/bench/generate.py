@@ -8,13 +8,12 @@ the difference between a run that generates ``n`` tokens and one that generates 
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from mmtune.bench.timing import interleaved_medians
 from mmtune.models.adapters.hf_llama import to_hf_config, to_hf_state_dict
 from mmtune.models.generate import SamplingParams, generate
 from mmtune.models.llama import Transformer
@@ -27,20 +26,6 @@ class GenerateBenchResult:
     name: str
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
-
-
-def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """The median wall time of each of ``fns`` over ``repeats`` rounds that call every function once, in
-    turn (after one warm-up call each), so that a change in the machine's load hits all of them alike."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def hf_causal_lm(llm: Transformer) -> torch.nn.Module:
