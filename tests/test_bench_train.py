@@ -115,3 +115,13 @@ def test_bench_train_command_prints_json_and_refuses_unknown_sides(tiny_config, 
     code = cli.main(["bench", "train", "--config", str(tiny_config), "--sides", "packed,deepspeed"])
     assert code == 2
     assert "deepspeed" in capsys.readouterr().err
+
+
+def test_saved_bytes_count_each_activation_storage_once():
+    from mmtune.bench.train import SavedBytes
+
+    saved = SavedBytes()
+    x = torch.ones(256, 256, requires_grad=True)  # 256 KiB of float32
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        (x * x).sum().backward()  # saves x twice: one storage
+    assert saved.gb * 2**30 == 256 * 256 * 4

@@ -20,8 +20,9 @@ transformed in ``data.num_workers`` DataLoader workers, as in training. All side
 are in memory together) and their steps run interleaved, so that a change in the machine's load hits
 every side alike. Figures per side: real (non-padding) tokens/s, supervised tokens/s, samples/s,
 median step time, the share of step time spent waiting for data, the padding share, peak memory (its
-parameters and optimizer state plus the largest rise within one of its steps: CUDA allocator figures,
-or the resident set on CPU) and, on a known GPU, MFU.
+parameters and optimizer state plus the largest rise within one of its steps: the CUDA allocator's peak
+on GPU; on CPU, whose allocator keeps freed memory, the tensors autograd saved for the backward pass,
+logits included) and, on a known GPU, MFU.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -139,24 +139,12 @@ def step_loader(steps: list[list[Row]], transform: Optional[Callable], workers: 
 
 
 def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass
+    torch.cuda.reset_peak_memory_stats(device)
 
 
 def _memory_gb(device: torch.device) -> tuple[float, float]:
-    """(now, peak since the last reset): CUDA allocator figures, or resident set sizes on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        return int(status["VmRSS"].split()[0]) / 2**20, int(status["VmHWM"].split()[0]) / 2**20
-    except (OSError, KeyError, ValueError):
-        return 0.0, 0.0
+    """(allocated now, peak since the last reset) of the CUDA allocator, in GiB."""
+    return torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def state_gb(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -185,18 +173,48 @@ class Side:
     losses: list[float] = field(default_factory=list)
 
 
+class SavedBytes:
+    """Counts the bytes autograd saves for the backward pass (each storage once): a step's activation
+    memory, independent of the allocator (which on CPU keeps and reuses freed memory across sides)."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Records ``tensor``'s storage and keeps the tensor as it is."""
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def gb(self) -> float:
+        """GiB of distinct storages seen."""
+        return sum(self.storages.values()) / 2**30
+
+
+def _run_step(side: Side, batch: dict, device: torch.device) -> float:
+    """Runs one step; returns its memory: the allocator's peak rise on CUDA, saved activations on CPU."""
+    if device.type == "cuda":
+        _reset_peak(device)
+        before, _ = _memory_gb(device)
+        side.losses.append(side.step(batch))
+        return _memory_gb(device)[1] - before
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        side.losses.append(side.step(batch))
+    return saved.gb
+
+
 def _timed_step(side: Side, batches: Iterator, device: torch.device, timed: bool) -> None:
-    """One step of ``side``: data wait, step time and the step's memory peak above the start."""
+    """One step of ``side``: data wait, step time and the step's memory above the state between steps."""
     _sync(device)
-    _reset_peak(device)
-    before, _ = _memory_gb(device)
     started = time.perf_counter()
     batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
     waited = time.perf_counter() - started
-    side.losses.append(side.step(batch))
+    transient = _run_step(side, batch, device)
     _sync(device)
     elapsed = time.perf_counter() - started
-    side.totals["transient"] = max(side.totals["transient"], _memory_gb(device)[1] - before)
+    side.totals["transient"] = max(side.totals["transient"], transient)
     if not timed:
         return
     side.step_times.append(elapsed)
