@@ -131,6 +131,15 @@ class ConnectorConfig:
     """mlp: LLaVA-1.5 Linear-GELU-Linear at <image>; qformer: LLaMA2-Accessory's Linear+LayerNorm with boundary tokens after BOS."""
     hidden_dim: Optional[int] = None
     """Inner width of the mlp connector; None uses the decoder's dim."""
+    merge: int = 1
+    """mlp only: concatenate each merge x merge block of neighbouring patch features into one image token
+    before the MLP (as Qwen2-VL's patch merger), so an image takes merge^2 times fewer tokens; 1 is
+    LLaVA-1.5's one token per patch. Must divide the tower's patch grid side."""
+
+    def check(self, path: str) -> None:
+        _positive(self, path, "merge")
+        if self.merge > 1 and self.kind != "mlp":
+            raise ConfigError(f"{path}.merge", self.merge, "1 for the qformer connector (it merges nothing)")
 
 
 @dataclass

@@ -102,7 +102,7 @@ def connector_parameters(cfg: ConnectorConfig, feature_dim: int, dim: int) -> in
     LayerNorm plus the ``start_img`` / ``end_img`` embeddings."""
     if cfg.kind == "mlp":
         hidden = cfg.hidden_dim or dim
-        return feature_dim * hidden + hidden + hidden * dim + dim
+        return feature_dim * cfg.merge ** 2 * hidden + hidden + hidden * dim + dim
     return feature_dim * dim + dim + 2 * dim + 2 * dim
 
 

@@ -4,6 +4,8 @@ A registry by exact name (``connector.kind``):
 
 - ``mlp``: LLaVA-1.5's ``Linear -> GELU -> Linear`` (named ``linear_1`` / ``linear_2`` like transformers'
   ``multi_modal_projector``), one output token per feature token, placed where the text had ``<image>``.
+  With ``merge`` m > 1, each m x m block of neighbouring patch features is concatenated (row-major
+  within the block) into one token before the MLP, as Qwen2-VL's patch merger does.
 - ``qformer``: LLaMA2-Accessory's ``llama_qformerv2``: ``proj = Sequential(Linear, LayerNorm)`` on the
   Q-Former features between two learned boundary embeddings ``start_img`` / ``end_img`` (1, 1, dim),
   so ``num_query + 2`` tokens right after BOS. It needs a BLIP-2 tower.
@@ -11,6 +13,7 @@ A registry by exact name (``connector.kind``):
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -20,15 +23,23 @@ from mmtune.config import ConnectorConfig
 from mmtune.errors import ConfigError
 
 
+def merge_patches(features: torch.Tensor, merge: int) -> torch.Tensor:
+    """``features`` [N, g*g, C] on a g x g patch grid -> [N, (g/merge)^2, merge^2 * C]: each merge x merge
+    block of neighbours concatenated (row-major within the block), blocks in row-major order."""
+    n, p, c = features.shape
+    cell = math.isqrt(p) // merge
+    grid = features.reshape(n, cell, merge, cell, merge, c).transpose(2, 3)
+    return grid.reshape(n, cell * cell, merge * merge * c)
+
+
 class MLPConnector(nn.Module):
-    """LLaVA-1.5 projector: ``linear_2(gelu(linear_1(x)))``."""
+    """LLaVA-1.5 projector: ``linear_2(gelu(linear_1(x)))``, optionally on merged patch blocks."""
 
-    extra_tokens = 0
-
-    def __init__(self, in_dim: int, dim: int, hidden_dim: Optional[int] = None):
+    def __init__(self, in_dim: int, dim: int, hidden_dim: Optional[int] = None, merge: int = 1):
         super().__init__()
         hidden = hidden_dim or dim
-        self.linear_1 = nn.Linear(in_dim, hidden)
+        self.merge = merge
+        self.linear_1 = nn.Linear(in_dim * merge * merge, hidden)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(hidden, dim)
 
@@ -37,18 +48,23 @@ class MLPConnector(nn.Module):
         self.linear_1.reset_parameters()
         self.linear_2.reset_parameters()
 
+    def num_tokens(self, n_features: int) -> int:
+        """Image tokens made from ``n_features`` tower features."""
+        return n_features // (self.merge * self.merge)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``features`` [N, P, in_dim] -> [N, P, dim]."""
+        """``features`` [N, P, in_dim] -> [N, P / merge^2, dim]."""
+        if self.merge > 1:
+            features = merge_patches(features, self.merge)
         return self.linear_2(self.act(self.linear_1(features)))
 
 
 class QFormerConnector(nn.Module):
     """LLaMA2-Accessory ``llama_qformerv2``: ``[start_img, LayerNorm(Linear(q)), end_img]``."""
 
-    extra_tokens = 2
-
-    def __init__(self, in_dim: int, dim: int, hidden_dim: Optional[int] = None):
+    def __init__(self, in_dim: int, dim: int, hidden_dim: Optional[int] = None, merge: int = 1):
         super().__init__()
+        assert merge == 1, "ConnectorConfig.check allows merge only for mlp"
         if hidden_dim is not None:
             raise ConfigError("connector.hidden_dim", hidden_dim, "null for the qformer connector (no hidden layer)")
         self.proj = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim))
@@ -63,6 +79,10 @@ class QFormerConnector(nn.Module):
         nn.init.uniform_(self.start_img)
         nn.init.uniform_(self.end_img)
 
+    def num_tokens(self, n_features: int) -> int:
+        """Image tokens made from ``n_features`` queries: the queries between the two boundary tokens."""
+        return n_features + 2
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` [N, q, in_dim] -> [N, q + 2, dim]: start token, projected queries, end token."""
         queries = self.proj(features)
@@ -75,14 +95,23 @@ class QFormerConnector(nn.Module):
 CONNECTORS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPConnector, "qformer": QFormerConnector}
 # connector kind -> the vision kinds it accepts
 _COMPATIBLE = {"mlp": ("clip", "siglip", "blip2"), "qformer": ("blip2",)}
+# vision kinds whose features are a square grid of patches (blip2 gives Q-Former queries)
+_PATCH_GRID = ("clip", "siglip")
 
 
-def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: int) -> nn.Module:
-    """The connector ``cfg.kind`` from ``in_dim`` tower features to the decoder's ``dim``."""
+def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: int, n_features: int) -> nn.Module:
+    """The connector ``cfg.kind`` from ``n_features`` tower features of width ``in_dim`` per image to the
+    decoder's ``dim``."""
     if cfg.kind not in CONNECTORS:
         raise ConfigError("connector.kind", cfg.kind, "one of " + ", ".join(sorted(CONNECTORS)))
     if vision_kind not in _COMPATIBLE[cfg.kind]:
         raise ConfigError("connector.kind", cfg.kind,
                           f"a connector that works with vision.kind={vision_kind!r} "
                           f"({cfg.kind} needs {' or '.join(_COMPATIBLE[cfg.kind])})")
-    return CONNECTORS[cfg.kind](in_dim, dim, cfg.hidden_dim)
+    if cfg.merge > 1:
+        side = math.isqrt(n_features)
+        if vision_kind not in _PATCH_GRID or side * side != n_features or side % cfg.merge:
+            grid = f"{side}x{side} patch grid" if vision_kind in _PATCH_GRID and side * side == n_features \
+                else f"{vision_kind} tower's features (they are not a square grid of patches)"
+            raise ConfigError("connector.merge", cfg.merge, f"1 or a divisor of the side of the {grid}")
+    return CONNECTORS[cfg.kind](in_dim, dim, cfg.hidden_dim, cfg.merge)

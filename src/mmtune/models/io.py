@@ -189,13 +189,15 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
                 ((ModelConfig, "model"), (VisionConfig, "vision"), (ConnectorConfig, "connector"))]
         cfgs[0].check("model")
         cfgs[1].check("vision")
+        cfgs[2].check("connector")
     except ConfigError as exc:
         raise CheckpointError(f"{Path(directory) / 'config.json'}: {exc}") from None
     with torch.device("meta"):
         model = VisionLanguageModel(*cfgs, image_token_id=data["image_token_id"])
     if model.vision is not None:
         model.vision = build_tower(cfgs[1])
-        model.connector = build_connector(cfgs[2], cfgs[1].kind, model.vision.hidden_size, cfgs[0].dim)
+        model.connector = build_connector(cfgs[2], cfgs[1].kind, model.vision.hidden_size, cfgs[0].dim,
+                                          model.vision.num_tokens)
     weights = read_weights(directory)
     tied = (_TIED_OUTPUT,) if cfgs[0].tie_embeddings else ()
     check_state_dict(model, weights, str(directory), allowed_missing=tied)

@@ -58,16 +58,20 @@ def rope_frequencies(cfg: ModelConfig, device: torch.device | str | None = None)
     return torch.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates Meta's interleaved pairs ``(x[2i], x[2i+1])`` of ``x`` [B, T, H, D] by [B, T, D/2] angles.
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotates Meta's interleaved pairs ``(x[2i], x[2i+1])`` of ``x`` [B, T, H, D] by ``rotation``
+    [B, T, D/2], the unit complex numbers ``cos + i sin`` of the angles (:func:`rope_rotation`).
 
-    The rotation runs in fp32 and the result is cast back to ``x``'s dtype.
+    The pairs are read as complex numbers, so the rotation is one complex multiply in fp32; the
+    result is cast back to ``x``'s dtype.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation.unsqueeze(2)).flatten(-2).type_as(x)
+
+
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The complex rotation ``cos + i sin`` that :func:`apply_rope` multiplies by (built once per pass)."""
+    return torch.complex(cos, sin)
 
 
 class RMSNorm(nn.Module):
@@ -80,8 +84,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalises the last dimension of ``x`` and scales it by ``weight``."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.type_as(x)
 
     def reset_parameters(self) -> None:
@@ -220,13 +223,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor,
                 mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
-        """``x`` [B, T, dim] -> [B, T, dim]; heads are inferred from the projections' widths. ``mask`` is a
+        """``x`` [B, T, dim] -> [B, T, dim] with RoPE ``rotation`` [B, T, head_dim / 2]; heads are inferred from the projections' widths. ``mask`` is a
         boolean mask, packed-sample :data:`Segments`, or None (see :func:`attention_mask`)."""
         b, t, _ = x.shape
-        q = apply_rope(self.wq(x).view(b, t, -1, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(b, t, -1, self.head_dim), cos, sin)
+        q = apply_rope(self.wq(x).view(b, t, -1, self.head_dim), rotation)
+        k = apply_rope(self.wk(x).view(b, t, -1, self.head_dim), rotation)
         v = self.wv(x).view(b, t, -1, self.head_dim)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
@@ -269,10 +272,10 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor,
                 mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
-        """``x`` [B, T, dim] -> [B, T, dim]."""
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+        """``x`` [B, T, dim] -> [B, T, dim] (``rotation``: see :func:`rope_rotation`)."""
+        h = x + self.attention(self.attention_norm(x), rotation, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -348,7 +351,7 @@ class Transformer(nn.Module):
             if start + t > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {start + t} positions exceeds max_seq_len={self.cfg.max_seq_len}")
             positions = torch.arange(start, start + t, device=h.device).expand(b, t)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        rotation = rope_rotation(self.rope_cos[positions], self.rope_sin[positions])
         if cache is not None:
             cache.reserve(t, sample_ids)
         segments = None
@@ -356,7 +359,7 @@ class Transformer(nn.Module):
             segments = sample_segments(sample_ids)
         mask = segments if segments is not None else attention_mask(t, sample_ids, cache, h.device)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            h = layer(h, rotation, mask, cache)
         if cache is not None:
             cache.advance(t)
         h = self.norm(h)

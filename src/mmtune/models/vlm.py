@@ -39,8 +39,9 @@ class VisionLanguageModel(nn.Module):
         self.connector: Optional[nn.Module] = None
         self.num_image_tokens = 0
         if self.vision is not None:
-            self.connector = build_connector(connector_cfg, vision_cfg.kind, self.vision.hidden_size, model_cfg.dim)
-            self.num_image_tokens = self.vision.num_tokens + self.connector.extra_tokens
+            self.connector = build_connector(connector_cfg, vision_cfg.kind, self.vision.hidden_size, model_cfg.dim,
+                                             self.vision.num_tokens)
+            self.num_image_tokens = self.connector.num_tokens(self.vision.num_tokens)
         self.frozen_parts: frozenset[str] = frozenset()
 
     @torch.no_grad()

@@ -39,6 +39,9 @@ def _check_supported(vision_cfg: VisionConfig, connector_cfg: ConnectorConfig, m
     if vision_cfg.kind not in _SELECT_STRATEGY or connector_cfg.kind != "mlp":
         raise CheckpointError(f"the Llava layout holds a clip or siglip tower with the mlp connector, not "
                               f"vision.kind={vision_cfg.kind!r} with connector.kind={connector_cfg.kind!r}")
+    if connector_cfg.merge != 1:
+        raise CheckpointError(f"the Llava layout has one image token per patch; connector.merge="
+                              f"{connector_cfg.merge} cannot be exported (export the language model with --llm-only)")
     if connector_cfg.hidden_dim not in (None, model_cfg.dim):
         raise CheckpointError(f"the Llava projector's hidden size is the decoder's dim ({model_cfg.dim}); "
                               f"connector.hidden_dim={connector_cfg.hidden_dim} cannot be exported")
