@@ -9,7 +9,7 @@ import torch
 
 from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.errors import ConfigError
-from mmtune.models.generate import SamplingParams, generate, sample_next
+from mmtune.models.generate import SamplingParams, VocabHead, generate, sample_next
 from mmtune.models.llama import KVCache
 from mmtune.models.vlm import VisionLanguageModel
 
@@ -151,3 +151,16 @@ def test_bf16_model_generates_with_a_bf16_cache(vlm):
     out = generate(llm, PROMPTS, params=params)
     assert [len(r) for r in out] == [6, 6, 6]
     assert [r[0] for r in out] == [r[0] for r in generate(llm, PROMPTS, params=params, use_cache=False)]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_vocab_head_gives_the_output_layers_logits(tied):
+    from mmtune.models.llama import Transformer
+
+    llm = Transformer(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=300, max_seq_len=32,
+                                  tie_embeddings=tied)).eval()
+    hidden = torch.randn(5, 64)
+    head = VocabHead(llm)
+    assert head.weight_t is not None and head.weight_t.is_contiguous()
+    assert torch.allclose(head(hidden), llm.output(hidden), atol=1e-5)
+    assert head(hidden).dtype == torch.float32

@@ -70,20 +70,42 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class VocabHead:
+    """The decoder's vocabulary projection as decoding applies it to one position per row.
+
+    On the CPU it multiplies by a contiguous ``[dim, vocab]`` copy of the weight made once per
+    :func:`generate` call: for the few rows of a decode step, the BLAS kernel behind ``F.linear``'s
+    ``x @ W^T`` reads the ``[vocab, dim]`` weight about 1.8x slower than this layout (docs/benchmarks.md),
+    and the head is most of a small model's decode step. Elsewhere it is ``llm.output`` itself.
+    """
+
+    def __init__(self, llm: Transformer):
+        weight = llm.output.weight
+        self.output = llm.output
+        self.weight_t = weight.detach().t().contiguous() if weight.device.type == "cpu" else None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [B, dim] -> fp32 logits [B, vocab]."""
+        if self.weight_t is None:
+            return self.output(hidden).float()
+        return torch.mm(hidden, self.weight_t).float()
+
+
 def next_token_logits(llm: Transformer, *, tokens: Optional[torch.Tensor] = None,
                       embeds: Optional[torch.Tensor] = None, positions: torch.Tensor,
-                      sample_ids: Optional[torch.Tensor] = None,
-                      cache: Optional[KVCache] = None) -> torch.Tensor:
-    """fp32 logits [B, vocab] of the last position only (the vocabulary head runs on one position)."""
+                      sample_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                      head: Optional[VocabHead] = None) -> torch.Tensor:
+    """fp32 logits [B, vocab] of the last position only (the vocabulary head runs on one position);
+    ``head`` (a :class:`VocabHead`) replaces ``llm.output`` when given."""
     hidden = llm(tokens, embeds=embeds, positions=positions, sample_ids=sample_ids, cache=cache,
                  return_hidden=True)
-    return llm.output(hidden[:, -1]).float()
+    return head(hidden[:, -1]) if head is not None else llm.output(hidden[:, -1]).float()
 
 
 def decode_step(llm: Transformer, tokens: torch.Tensor, positions: torch.Tensor,
-                cache: KVCache) -> torch.Tensor:
+                cache: KVCache, head: Optional[VocabHead] = None) -> torch.Tensor:
     """One cached decoding step: ``tokens`` and ``positions`` [B, 1] -> next-token logits [B, vocab]."""
-    return next_token_logits(llm, tokens=tokens, positions=positions, cache=cache)
+    return next_token_logits(llm, tokens=tokens, positions=positions, cache=cache, head=head)
 
 
 def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -118,6 +140,7 @@ class _Decoder:
         self.embeds, self.positions, self.sample_ids = embeds, positions, sample_ids
         self.cache = (KVCache.for_model(llm, embeds.shape[0], embeds.shape[1] + budget)
                       if use_cache else None)
+        self.head = VocabHead(llm) if budget > 1 else None  # the copy pays off only over decode steps
 
     def first(self) -> torch.Tensor:
         """Logits after the prompt (prefilling the cache when there is one)."""
@@ -128,12 +151,12 @@ class _Decoder:
         """Logits after appending ``tokens`` [B] at ``positions`` [B]."""
         tokens, positions = tokens[:, None], positions[:, None]
         if self.cache is not None:
-            return decode_step(self.llm, tokens, positions, self.cache)
+            return decode_step(self.llm, tokens, positions, self.cache, self.head)
         self.embeds = torch.cat([self.embeds, self.llm.tok_embeddings(tokens)], dim=1)
         self.positions = torch.cat([self.positions, positions], dim=1)
         self.sample_ids = torch.cat([self.sample_ids, torch.zeros_like(tokens)], dim=1)
         return next_token_logits(self.llm, embeds=self.embeds, positions=self.positions,
-                                 sample_ids=self.sample_ids)
+                                 sample_ids=self.sample_ids, head=self.head)
 
 
 def _embed(model: nn.Module, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor]) -> torch.Tensor:

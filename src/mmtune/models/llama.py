@@ -174,6 +174,15 @@ Segments = tuple[tuple[tuple[int, int], ...], ...]
 """Per row, the ``(start, end)`` of each run of one sample id (padding is a run of its own)."""
 
 
+def one_sample_per_row(sample_ids: torch.Tensor) -> bool:
+    """True when each row holds one sample from position 0, then only padding (id -1): the padded-batch
+    layout, where plain causal attention gives every real token exactly the packed-sample result (padding
+    positions see the sample too, but they are never supervised). Reads one flag to the host."""
+    real = sample_ids >= 0
+    same = (sample_ids == sample_ids[:, :1]) | ~real
+    return bool((same.all() & real[:, 0].all() & (real[:, 1:] <= real[:, :-1]).all()).item())
+
+
 def sample_segments(sample_ids: torch.Tensor) -> Optional[Segments]:
     """The runs of equal ids of each row when every id of a row is one contiguous run (the packed
     layout), else None. Reads the ids' run starts to the host once."""
@@ -354,6 +363,8 @@ class Transformer(nn.Module):
         rotation = rope_rotation(self.rope_cos[positions], self.rope_sin[positions])
         if cache is not None:
             cache.reserve(t, sample_ids)
+        if cache is None and sample_ids is not None and one_sample_per_row(sample_ids):
+            sample_ids = None  # causal attention is exact for every real token
         segments = None
         if cache is None and sample_ids is not None and not _compiled(self.layers):
             segments = sample_segments(sample_ids)

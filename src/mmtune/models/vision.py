@@ -215,7 +215,8 @@ class PatchTower(VisionTower):
         """``pixel_values`` [N, 3, S, S] -> features [N, (S / patch)^2, hidden_size]."""
         out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
         features = out.hidden_states[self.feature_layer]
-        return features[:, 1:] if self.drop_cls else features
+        # a copy, not a view: FSDP2 warns about (and cannot track) views returned by a module's forward
+        return features[:, 1:].clone() if self.drop_cls else features
 
 
 class Blip2Tower(VisionTower):

@@ -37,10 +37,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (fused on GPU); lr starts at ``cfg.lr``."""
+    """AdamW over the trainable parameters with PyTorch's fused kernel (CPU and CUDA); lr starts at
+    ``cfg.lr``."""
     groups = param_groups(model, cfg.weight_decay)
     assert groups, "the model has no trainable parameters"
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, fused=fused or None)
 
 
