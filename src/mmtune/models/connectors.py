@@ -108,10 +108,10 @@ def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: in
         raise ConfigError("connector.kind", cfg.kind,
                           f"a connector that works with vision.kind={vision_kind!r} "
                           f"({cfg.kind} needs {' or '.join(_COMPATIBLE[cfg.kind])})")
-    if cfg.merge > 1:
-        side = math.isqrt(n_features)
-        if vision_kind not in _PATCH_GRID or side * side != n_features or side % cfg.merge:
-            grid = f"{side}x{side} patch grid" if vision_kind in _PATCH_GRID and side * side == n_features \
-                else f"{vision_kind} tower's features (they are not a square grid of patches)"
-            raise ConfigError("connector.merge", cfg.merge, f"1 or a divisor of the side of the {grid}")
+    side = math.isqrt(n_features)
+    if cfg.merge > 1 and (vision_kind not in _PATCH_GRID or side * side != n_features):
+        raise ConfigError("connector.merge", cfg.merge,
+                          f"1: the {vision_kind} tower's features are not a square grid of patches")
+    if side % cfg.merge:
+        raise ConfigError("connector.merge", cfg.merge, f"1 or a divisor of the side of the {side}x{side} patch grid")
     return CONNECTORS[cfg.kind](in_dim, dim, cfg.hidden_dim, cfg.merge)
