@@ -1,5 +1,5 @@
 """``torchrun`` with 2 CPU processes (gloo): the same per-step losses as 1 process at the same global
-batch, every process exits 0, and a 2-rank checkpoint resumes on 1 rank with the uninterrupted losses.
+batch (FSDP2 over two ranks against the bare module on one), every process exits 0, and a 2-rank checkpoint resumes on 1 rank with the uninterrupted losses.
 
 Runs ``configs/debug-stage2.yaml`` (map-style LLaVA + Alpaca sources, activation checkpointing) on a
 small synthetic world, with 4 rows per step: 4 micro-batches on 1 rank, 2 per rank on 2 ranks.
@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmtune.cli import main
+from mmtune.distributed.parallelize import needs_fsdp
 from mmtune.training import checkpoint as ckpt
 from test_train_golden import ROOT, _regen_module
 
@@ -52,3 +54,13 @@ def test_two_ranks_match_one_rank_and_resume_on_one(world, tmp_path):
     assert main(["train", CONFIG, *_args(world, resumed_dir), "--resume", str(saved[0])]) == 0
     resumed = regen.losses(resumed_dir)
     assert resumed == pytest.approx(one[2:], abs=1e-5)
+
+
+@pytest.mark.parametrize("dp, tp, dtype, expected", [
+    (1, False, torch.float32, False),   # one fp32 rank trains the bare module
+    (2, False, torch.float32, True),    # sharding over data-parallel ranks
+    (1, True, torch.float32, True),     # composing with tensor parallel
+    (1, False, torch.bfloat16, True),   # mixed precision is FSDP2's cast
+])
+def test_fsdp_wraps_only_where_it_does_something(dp, tp, dtype, expected):
+    assert needs_fsdp(dp, tp, dtype) is expected

@@ -117,6 +117,13 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
     model.set_reduce_scatter_unused_params(True)  # a rank without images has no connector gradient
 
 
+def needs_fsdp(dp_size: int, tensor_parallel: bool, param_dtype: torch.dtype) -> bool:
+    """FSDP only where it does something: sharding over several data-parallel ranks, mixed precision,
+    or composing with tensor parallel. A single fp32 rank trains the bare module (its hooks and
+    DTensor bookkeeping cost more than a tiny model's whole backward)."""
+    return dp_size > 1 or tensor_parallel or param_dtype != torch.float32
+
+
 def parallelize(model: nn.Module, cfg: ParallelConfig, dp_mesh: DeviceMesh, tp_mesh: Optional[DeviceMesh],
                 param_dtype: torch.dtype) -> nn.Module:
     """Applies tensor parallel (when ``tp_mesh``), activation checkpointing, compile and FSDP2 in
@@ -127,8 +134,10 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, dp_mesh: DeviceMesh, tp_m
         apply_activation_checkpointing(model)
     if cfg.compile:
         apply_compile(model)
-    apply_fsdp(model, dp_mesh, param_dtype, cfg.reshard_after_forward)
-    log.info("parallelized: tp=%s, activation checkpointing=%s, compile=%s, param dtype %s",
-             tp_mesh.size() if tp_mesh is not None else 1, cfg.activation_checkpointing, cfg.compile,
-             param_dtype)
+    sharded = needs_fsdp(dp_mesh.size(), tp_mesh is not None, param_dtype)
+    if sharded:
+        apply_fsdp(model, dp_mesh, param_dtype, cfg.reshard_after_forward)
+    log.info("parallelized: tp=%s, fsdp=%s, activation checkpointing=%s, compile=%s, param dtype %s",
+             tp_mesh.size() if tp_mesh is not None else 1, sharded, cfg.activation_checkpointing,
+             cfg.compile, param_dtype)
     return model

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from mmtune.config import Config, save_config
 from mmtune.distributed.env import DistEnv, all_gather_objects
@@ -154,7 +155,8 @@ class Trainer:
         scale = self.env.dp_size / max(counts["supervised"], 1)  # FSDP averages gradients over dp ranks
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
         for i, batch in enumerate(micro_batches):
-            self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            if isinstance(self.model, FSDPModule):
+                self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
             loss = self._loss_sum(batch["input_ids"], inputs, batch["labels"])
             (loss * scale).backward()
