@@ -126,6 +126,7 @@ BAD = [
     (["--data.num_workers", "-1"], "data.num_workers", "0 or more"),
     (["--data.overflow", "wrap"], "data.overflow", "truncate, skip"),
     (["--parallel.tp", "0"], "parallel.tp", "positive"),
+    (["--parallel.cpu_threads", "-2"], "parallel.cpu_threads", "0 (automatic) or more"),
     (["--connector.merge", "0"], "connector.merge", "positive"),
     (["--connector.kind", "qformer", "--connector.merge", "2"], "connector.merge", "1 for the qformer"),
     (["--training.lr"], "training.lr", "a value after the option"),

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mmtune.cli import main
+from mmtune.distributed.env import DistEnv, cpu_threads, cpu_threads_for
 from mmtune.distributed.parallelize import needs_fsdp
 from mmtune.training import checkpoint as ckpt
 from test_train_golden import ROOT, _regen_module
@@ -64,3 +65,28 @@ def test_two_ranks_match_one_rank_and_resume_on_one(world, tmp_path):
 ])
 def test_fsdp_wraps_only_where_it_does_something(dp, tp, dtype, expected):
     assert needs_fsdp(dp, tp, dtype) is expected
+
+
+@pytest.mark.parametrize("configured, workers, local_ranks, cores, expected", [
+    (0, 0, 1, 2, 2),    # all cores to the one rank
+    (0, 1, 1, 2, 1),    # one core decodes, one trains
+    (0, 2, 1, 2, 1),    # never below one
+    (0, 2, 4, 64, 14),  # 16 cores per rank, 2 of them for its loader workers
+    (3, 2, 1, 2, 3),    # an explicit count wins
+])
+def test_cpu_threads_share_the_cores(configured, workers, local_ranks, cores, expected):
+    assert cpu_threads(configured, workers, local_ranks, cores) == expected
+
+
+def test_cpu_threads_apply_inside_only_and_respect_omp_num_threads(monkeypatch):
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with cpu_threads_for(env, before + 1, 0):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with cpu_threads_for(env, 0, 0):  # automatic choice keeps what the user (or torchrun) set
+        assert torch.get_num_threads() == before
+    with cpu_threads_for(env, before + 1, 0):  # an explicit count still applies
+        assert torch.get_num_threads() == before + 1

@@ -300,9 +300,14 @@ class ParallelConfig:
     """torch.compile each decoder block."""
     reshard_after_forward: bool = True
     """FSDP2: free gathered parameters after forward (ZeRO-3); false keeps them to backward (ZeRO-2)."""
+    cpu_threads: int = 0
+    """Intra-op threads per rank on a CPU; 0 picks: the node's cores shared among its ranks, less one
+    per loader worker (OMP_NUM_THREADS, when set, is kept instead)."""
 
     def check(self, path: str) -> None:
         _positive(self, path, "tp")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"{path}.cpu_threads", self.cpu_threads, "0 (automatic) or more")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Process groups and device meshes for one process or a ``torchrun`` job (single or multi node).
 
 ``torchrun`` (its rendezvous, nothing home-made) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
-without them the run is one process with a one-rank process group, so FSDP2 runs the same code path
-everywhere. The backend is NCCL on GPUs and gloo on CPUs. :func:`shutdown` frees the model and optimizer before destroying the process
+without them the run is one process with a one-rank process group, so the same distributed code runs
+everywhere (FSDP2 itself only where it shards or casts: ``parallelize.needs_fsdp``). The backend is NCCL on GPUs and gloo on CPUs. :func:`shutdown` frees the model and optimizer before destroying the process
 group: destroying it while they are alive aborts some gloo runs at interpreter exit.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -78,7 +79,7 @@ def init_distributed(tp: int = 1, timeout_minutes: float = 30.0) -> DistEnv:
     """Joins the ``torchrun`` job described by the environment, or starts a one-process group.
 
     A single process still gets a process group (on an in-memory store) and a one-rank mesh, so the
-    same FSDP2 code path runs everywhere. Raises ConfigError when ``tp`` does not divide the world size.
+    same distributed code runs everywhere. Raises ConfigError when ``tp`` does not divide the world size.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -102,6 +103,36 @@ def init_distributed(tp: int = 1, timeout_minutes: float = 30.0) -> DistEnv:
     env.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     log.info("rank %d of %d on %s (dp %d x tp %d)", rank, world, device, world // tp, tp)
     return env
+
+
+def cpu_threads(configured: int, loader_workers: int, local_ranks: int, cores: int) -> int:
+    """Intra-op threads for one CPU rank: ``configured`` when positive, else this node's cores shared
+    among its ranks, less one per loader worker (each worker process decodes on a core of its own),
+    and at least one."""
+    if configured > 0:
+        return configured
+    return max(1, cores // max(local_ranks, 1) - loader_workers)
+
+
+@contextmanager
+def cpu_threads_for(env: DistEnv, configured: int, loader_workers: int) -> Iterator[None]:
+    """Runs the body with :func:`cpu_threads` intra-op threads on a CPU rank, then restores the count.
+
+    GPU ranks are left alone, and so is automatic choice (``configured`` 0) when ``OMP_NUM_THREADS``
+    is set (torchrun sets it to 1 for several processes per node; a user may set it on purpose).
+    """
+    before = torch.get_num_threads()
+    if env.device.type != "cpu" or (configured == 0 and "OMP_NUM_THREADS" in os.environ):
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cpu_threads(configured, loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), cores)
+    torch.set_num_threads(threads)
+    log.info("%d intra-op CPU threads per rank (%d cores, %d loader workers)", threads, cores, loader_workers)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def all_reduce_sum(value: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:

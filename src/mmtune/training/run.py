@@ -12,7 +12,7 @@ from typing import Optional
 from torch import nn
 
 from mmtune.config import Config
-from mmtune.distributed.env import DistEnv, init_distributed, shutdown
+from mmtune.distributed.env import DistEnv, cpu_threads_for, init_distributed, shutdown
 from mmtune.errors import ConfigError
 from mmtune.training.checkpoint import resolve_resume
 from mmtune.training.trainer import RunParts, Trainer
@@ -85,9 +85,10 @@ def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
     holder: dict = {}
     ok = False
     try:
-        holder["parts"] = build_parts(cfg, env)
-        holder["trainer"] = Trainer(cfg, env, holder["parts"])
-        last = holder["trainer"].fit(resume_from)
+        with cpu_threads_for(env, cfg.parallel.cpu_threads, cfg.data.num_workers):
+            holder["parts"] = build_parts(cfg, env)
+            holder["trainer"] = Trainer(cfg, env, holder["parts"])
+            last = holder["trainer"].fit(resume_from)
         ok = True
     finally:
         shutdown(holder, wait=ok)
