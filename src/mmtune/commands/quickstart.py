@@ -88,7 +88,7 @@ class SynthCommand:
         parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
         parser.add_argument("--image-size", type=_positive, default=32, help="image side in pixels (default 32)")
         parser.add_argument("--images", type=_positive, default=None,
-                            help="training images per stage (default 4000 for stage 1, 3000 for stage 2)")
+                            help="training images per stage (default 12000 per stage)")
         parser.add_argument("--heldout", type=_positive, default=200, help="held-out images (default 200)")
 
     @staticmethod

@@ -39,11 +39,11 @@ _MTIME = 1_700_000_000.0  # fixed tar member times, so shards are byte-identical
 class WorldSizes:
     """How many records of each kind ``write_world`` writes."""
 
-    stage1_images: int = 4000
+    stage1_images: int = 12000
     """Captioned images for stage 1 (webdataset shards)."""
-    stage2_images: int = 3000
+    stage2_images: int = 12000
     """Images with conversations for stage 2 (LLaVA JSON)."""
-    stage2_text: int = 1500
+    stage2_text: int = 6000
     """Text-only instructions for stage 2 (Alpaca JSON)."""
     heldout_images: int = 200
     """Held-out images for evaluation (captions and questions)."""
