@@ -1,5 +1,6 @@
 """``torchrun`` with 2 CPU processes (gloo): the same per-step losses as 1 process at the same global
-batch (FSDP2 over two ranks against the bare module on one), every process exits 0, and a 2-rank checkpoint resumes on 1 rank with the uninterrupted losses.
+batch (FSDP2 over two ranks against the bare module on one), every process exits 0, and a 2-rank
+checkpoint resumes on 1 rank with the uninterrupted losses.
 
 Runs ``configs/debug-stage2.yaml`` (map-style LLaVA + Alpaca sources, activation checkpointing) on a
 small synthetic world, with 4 rows per step: 4 micro-batches on 1 rank, 2 per rank on 2 ranks.

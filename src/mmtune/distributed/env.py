@@ -2,8 +2,9 @@
 
 ``torchrun`` (its rendezvous, nothing home-made) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 without them the run is one process with a one-rank process group, so the same distributed code runs
-everywhere (FSDP2 itself only where it shards or casts: ``parallelize.needs_fsdp``). The backend is NCCL on GPUs and gloo on CPUs. :func:`shutdown` frees the model and optimizer before destroying the process
-group: destroying it while they are alive aborts some gloo runs at interpreter exit.
+everywhere (FSDP2 itself only where it shards or casts: ``parallelize.needs_fsdp``). The backend is
+NCCL on GPUs and gloo on CPUs. :func:`shutdown` frees the model and optimizer before destroying the
+process group: destroying it while they are alive aborts some gloo runs at interpreter exit.
 """
 
 from __future__ import annotations
