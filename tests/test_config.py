@@ -41,6 +41,18 @@ def test_overrides_are_typed_and_win(tmp_path):
     assert cfg.training.init_from is None
 
 
+def test_override_inside_hf_config_changes_one_key_with_a_yaml_value():
+    cfg = C.load_config(CONFIGS / "quickstart-qformer-stage1.yaml",
+                        ["--vision.hf_config.qformer_config.initializer_range", "0.1",
+                         "--vision.hf_config.num_query_tokens=8"])
+    hf = cfg.vision.hf_config
+    assert hf["qformer_config"]["initializer_range"] == 0.1
+    assert hf["num_query_tokens"] == 8
+    # the rest of the file's hf_config is still there, not replaced by the two keys
+    assert hf["qformer_config"]["num_hidden_layers"] == 2
+    assert hf["vision_config"]["initializer_range"] == 0.02
+
+
 def test_inherit_merges_sections(tmp_path):
     (tmp_path / "base.yaml").write_text("model: {preset: debug}\ntraining: {lr: 1.0e-3, epochs: 2}\n")
     (tmp_path / "child.yaml").write_text("inherit: base.yaml\ntraining: {lr: 5.0e-4}\n")

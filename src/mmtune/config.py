@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from mmtune.config_values import build, hints, merge
+from mmtune.config_values import FREE_FORM, build, hints, merge
 from mmtune.errors import ConfigError
 
 Part = Literal["frozen", "full"]
@@ -369,7 +369,8 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
 
 
 def parse_overrides(argv: list[str]) -> dict:
-    """``["--training.lr", "1e-4", "--data.batching=padded"]`` -> nested dict of raw strings."""
+    """``["--training.lr", "1e-4", "--data.batching=padded"]`` -> nested dict of raw strings (typed by
+    the fields later), except inside free-form mappings, where values are read as YAML."""
     out: dict = {}
     i = 0
     while i < len(argv):
@@ -388,15 +389,24 @@ def parse_overrides(argv: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = value
+        node[leaf] = _free_form_value(value) if set(FREE_FORM) & set(parents) else value
     return out
+
+
+def _free_form_value(text: str) -> Any:
+    """A value for a key inside ``hf_config``/``options``, read as a YAML scalar or list (no field type
+    says what it is): ``0.1`` -> 0.1, ``true`` -> True, ``[1, 2]`` -> [1, 2]; otherwise the text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Resolves a YAML file plus dotted overrides into a checked :class:`Config`."""
     data = read_yaml(path) if path else {}
     if overrides:
-        data = merge(data, parse_overrides(overrides))
+        data = merge(data, parse_overrides(overrides), whole_free_form=False)
     for key, value in data.items():
         if not isinstance(value, dict) and key in hints(Config):
             raise ConfigError(key, value, "a mapping of fields")

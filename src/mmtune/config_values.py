@@ -125,12 +125,19 @@ def build(cls: type, values: dict, path: str = "") -> Any:
     return cls(**kwargs)
 
 
-def merge(base: dict, extra: dict) -> dict:
-    """Deep-merges mapping ``extra`` over ``base`` (free-form ``hf_config``/``options`` are replaced whole)."""
+FREE_FORM = ("hf_config", "options")
+"""Config fields that hold a free-form mapping passed on to another library."""
+
+
+def merge(base: dict, extra: dict, whole_free_form: bool = True) -> dict:
+    """Deep-merges mapping ``extra`` over ``base``. A free-form ``hf_config``/``options`` in ``extra``
+    replaces the inherited one whole unless ``whole_free_form`` is False (dotted overrides, which
+    name one key of it)."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("hf_config", "options"):
-            out[key] = merge(out[key], value)
+        if (isinstance(value, dict) and isinstance(out.get(key), dict)
+                and (key not in FREE_FORM or not whole_free_form)):
+            out[key] = merge(out[key], value, whole_free_form)
         else:
             out[key] = value
     return out
