@@ -153,13 +153,14 @@ def test_bf16_model_generates_with_a_bf16_cache(vlm):
     assert [r[0] for r in out] == [r[0] for r in generate(llm, PROMPTS, params=params, use_cache=False)]
 
 
+@pytest.mark.parametrize("rows", [1, 5, 16])  # each layout: W_t copy, stored weight, W_t copy
 @pytest.mark.parametrize("tied", [False, True])
-def test_vocab_head_gives_the_output_layers_logits(tied):
+def test_vocab_head_gives_the_output_layers_logits(tied, rows):
     from mmtune.models.llama import Transformer
 
     llm = Transformer(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=300, max_seq_len=32,
                                   tie_embeddings=tied)).eval()
-    hidden = torch.randn(5, 64)
+    hidden = torch.randn(rows, 64)
     head = VocabHead(llm)
     assert head.weight_t is not None and head.weight_t.is_contiguous()
     assert torch.allclose(head(hidden), llm.output(hidden), atol=1e-5)

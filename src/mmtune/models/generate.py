@@ -73,21 +73,28 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 class VocabHead:
     """The decoder's vocabulary projection as decoding applies it to one position per row.
 
-    On the CPU it multiplies by a contiguous ``[dim, vocab]`` copy of the weight made once per
-    :func:`generate` call: for the few rows of a decode step, the BLAS kernel behind ``F.linear``'s
-    ``x @ W^T`` reads the ``[vocab, dim]`` weight about 1.8x slower than this layout (docs/benchmarks.md),
-    and the head is most of a small model's decode step. Elsewhere it is ``llm.output`` itself.
+    On the CPU the BLAS kernel behind ``F.linear``'s ``x @ W^T`` is slow for the few rows of a decode
+    step, and the head is most of a small model's decode step. Measured for a 32000 x 256 head on one
+    thread (docs/benchmarks.md): one row is fastest as ``x @ W_t`` with a contiguous ``[dim, vocab]``
+    copy ``W_t`` (made once per :func:`generate` call), 2 to 8 rows as ``(W @ x^T)^T`` on the weight as
+    stored, more rows as ``x @ W_t`` again. Elsewhere it is ``llm.output`` itself.
     """
+
+    STORED_LAYOUT_ROWS = range(2, 9)
+    """Row counts that multiply the stored ``[vocab, dim]`` weight from the left."""
 
     def __init__(self, llm: Transformer):
         weight = llm.output.weight
         self.output = llm.output
-        self.weight_t = weight.detach().t().contiguous() if weight.device.type == "cpu" else None
+        self.weight = weight.detach()
+        self.weight_t = self.weight.t().contiguous() if weight.device.type == "cpu" else None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` [B, dim] -> fp32 logits [B, vocab]."""
         if self.weight_t is None:
             return self.output(hidden).float()
+        if hidden.shape[0] in self.STORED_LAYOUT_ROWS:
+            return torch.mm(self.weight, hidden.t()).t().float()
         return torch.mm(hidden, self.weight_t).float()
 
 
