@@ -46,6 +46,19 @@ def test_run_writes_metrics_checkpoints_and_config(reference):
     assert (found[-1] / "config.yaml").is_file()
 
 
+def test_metrics_lines_average_rates_over_every_step_since_the_last_line(reference, tmp_path):
+    per_step = read_metrics(Path(reference.training.output_dir))
+    assert per_step[0]["supervised_tokens"] != per_step[1]["supervised_tokens"]
+    cfg = tiny_config(tmp_path, "--training.log_every", "2", "--training.save_every", "0")
+    train_in_process(cfg)
+    lines = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in lines] == [2, 4]
+    for line, pair in zip(lines, (per_step[:2], per_step[2:])):
+        mean = sum(r["supervised_tokens"] for r in pair) / 2
+        assert line["supervised_tokens_per_s"] * line["step_time_s"] == pytest.approx(mean)
+        assert line["supervised_tokens"] == pair[1]["supervised_tokens"] and line["loss"] == pair[1]["loss"]
+
+
 def test_stage1_leaves_frozen_parts_bit_identical(reference):
     torch.manual_seed(reference.training.seed)
     initial = build_model(reference, IMAGE_ID, device="cpu").state_dict()

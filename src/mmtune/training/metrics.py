@@ -3,7 +3,9 @@
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per optimizer step with at least ``step``
 and ``loss`` (plus ``lr``, ``grad_norm``, ``tokens_per_s``, ``supervised_tokens_per_s``,
 ``samples_per_s``, ``step_time_s``, ``data_wait_fraction``, ``peak_memory_gb``, ``skipped`` and, on
-GPU, ``mfu``).
+GPU, ``mfu``). ``loss``, ``grad_norm`` and ``supervised_tokens`` are the logged step's; the rates,
+``step_time_s`` (the mean) and ``data_wait_fraction`` cover every step since the previous line
+(``training.log_every``), so a logged step that is always the short one of a pattern cannot bias them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -107,6 +108,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.training, env.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.training, self.total_steps)
         self.step = self.bad_in_row = self.skipped = 0
+        self.window = Counter()  # time, data wait and counts of the steps since the last metrics line
         self.last_saved: Optional[Path] = None
         self.flops_per_token = self._flops_per_token()
 
@@ -219,9 +221,10 @@ class Trainer:
         if result.skipped:
             log.warning("step %d: loss %s, grad norm %s: skipped (%d in a row, %d in all)", self.step,
                         result.loss, result.grad_norm, self.bad_in_row, self.skipped)
-        elapsed = time.perf_counter() - started
+        self.window.update(result.counts, steps=1, elapsed=time.perf_counter() - started, waited=waited)
         if self.step % self.cfg.training.log_every == 0 or self.step == self.total_steps or result.skipped:
-            metrics.log(self._record(result, elapsed, waited))
+            metrics.log(self._record(result))
+            self.window = Counter()
         if self.bad_in_row >= self.cfg.training.max_bad_steps:
             kept = self.last_saved or "none saved yet"
             raise MMTuneError(f"stopped at step {self.step}: {self.bad_in_row} non-finite losses in a row "
@@ -230,18 +233,19 @@ class Trainer:
         if every and self.step % every == 0 and self.step < self.total_steps and not self.bad_in_row:
             self.save()
 
-    def _record(self, result: StepResult, elapsed: float, waited: float) -> dict:
-        """One line of ``metrics.jsonl``."""
-        c = result.counts
+    def _record(self, result: StepResult) -> dict:
+        """One line of ``metrics.jsonl``: this step's loss, the rates of every step since the last line."""
+        w = self.window
+        elapsed = w["elapsed"]
         record = {"step": self.step, "loss": result.loss, "lr": result.lr,
-                  "grad_norm": result.grad_norm, "tokens_per_s": c["tokens"] / elapsed,
-                  "supervised_tokens_per_s": c["supervised"] / elapsed, "samples_per_s": c["samples"] / elapsed,
-                  "supervised_tokens": c["supervised"], "step_time_s": elapsed,
-                  "data_wait_fraction": waited / elapsed, "peak_memory_gb": peak_memory_gb(self.env.device),
+                  "grad_norm": result.grad_norm, "tokens_per_s": w["tokens"] / elapsed,
+                  "supervised_tokens_per_s": w["supervised"] / elapsed, "samples_per_s": w["samples"] / elapsed,
+                  "supervised_tokens": result.counts["supervised"], "step_time_s": elapsed / w["steps"],
+                  "data_wait_fraction": w["waited"] / elapsed, "peak_memory_gb": peak_memory_gb(self.env.device),
                   "skipped": result.skipped, "skipped_total": self.skipped}
         peak = peak_flops(self.env.device)
         if peak and self.flops_per_token:
-            record["mfu"] = self.flops_per_token * c["tokens"] / elapsed / (peak * self.env.world_size)
+            record["mfu"] = self.flops_per_token * w["tokens"] / elapsed / (peak * self.env.world_size)
         return record
 
     # ------------------------------------------------------------------ checkpoints
