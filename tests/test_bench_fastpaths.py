@@ -116,3 +116,45 @@ def test_bench_runs_of_both_sides_produce_the_same_greedy_tokens():
     calls: list[str] = []
     medians = interleaved_medians([lambda: calls.append("a"), lambda: calls.append("b")], repeats=2)
     assert calls == ["a", "b", "a", "b", "a", "b"] and len(medians) == 2
+
+
+@pytest.mark.parametrize("length", [40, 520])
+def test_short_packed_rows_take_one_masked_call_and_long_ones_loop_with_the_same_result(length, monkeypatch):
+    import mmtune.models.llama as llama
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=length))
+    model.init_weights()
+    tokens = torch.randint(0, 97, (2, length))
+    cut = length // 3
+    ids = torch.tensor([[0] * cut + [1] * (length - cut - 2) + [-1] * 2, [0] * length])
+    positions = torch.cat([torch.arange(cut), torch.arange(length - cut)]).expand(2, -1).clone()
+    positions[1] = torch.arange(length)
+    loops = []
+    real = llama.segment_attention
+    monkeypatch.setattr(llama, "segment_attention", lambda *a: loops.append(1) or real(*a))
+    auto = model(tokens, positions=positions, sample_ids=ids)
+    assert len(loops) == (2 if length >= llama.SEGMENT_LOOP_MIN_LEN else 0)  # one per layer, or none
+    monkeypatch.setattr(llama, "SEGMENT_LOOP_MIN_LEN", 1 if not loops else 10**6)
+    other = model(tokens, positions=positions, sample_ids=ids)
+    assert len(loops) == 2
+    torch.testing.assert_close(auto, other, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_bench_times_both_paths_and_names_the_one_the_decoder_takes():
+    import random
+
+    from mmtune.bench.attention import packed_sample_ids, run_attention_bench
+
+    ids = packed_sample_ids(3, 20, 4, random.Random(0))
+    assert (ids[:, -2:] == -1).all() and (ids[:, :-2] >= 0).all() and int(ids.max()) >= 3
+    rows = run_attention_bench([8, 600], positions=1200, sample_len=5, heads=2, head_dim=4, repeats=1, seed=0)
+    assert [(r.rows, r.decoder_uses) for r in rows] == [(150, "masked"), (2, "loop")]
+    assert all(r.loop_ms > 0 and r.masked_ms > 0 for r in rows)
+
+
+def test_attention_bench_refuses_bad_lengths(capsys):
+    from mmtune.cli import main
+
+    assert main(["bench", "attention", "--lengths", "128,x"]) == 2
+    assert "--lengths" in capsys.readouterr().err

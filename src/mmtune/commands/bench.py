@@ -1,8 +1,8 @@
 """``mmtune bench``: throughput benchmarks, each against a baseline measured in the same run.
 
-``bench generate --model DIR``, ``bench train --config CONFIG`` and ``bench data --config CONFIG``
-(the last two take ``--section.field value`` overrides). The table shows each side's figures with the
-ratio to the baseline (the last row) for throughputs.
+``bench generate --model DIR``, ``bench train --config CONFIG``, ``bench data --config CONFIG`` (the
+last two take ``--section.field value`` overrides) and ``bench attention`` (packed-row attention paths).
+The table shows each side's figures with the ratio to the baseline (the last row) for throughputs.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--size", default="640x480", help="photo size WIDTHxHEIGHT (default 640x480, COCO-like)")
     d.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts (default 3)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = sub.add_parser("attention", help="packed rows: one masked attention call vs the loop over samples, "
+                                         "forward + backward, per row length")
+    a.add_argument("--lengths", default="128,256,512,1024,2048", help="row lengths (default 128,...,2048)")
+    a.add_argument("--positions", type=int, default=2048, help="positions per batch (default 2048)")
+    a.add_argument("--sample-len", type=int, default=50, help="typical sample length (default 50)")
+    a.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    a.add_argument("--head-dim", type=int, default=32, help="head size (default 32)")
+    a.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median counts (default 5)")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _cell(key: str, value: object, base: object) -> str:
@@ -120,11 +129,29 @@ def _data(args: argparse.Namespace) -> list:
                               workers=cfg.data.num_workers, repeats=args.repeats, seed=cfg.training.seed)
 
 
+def _attention(args: argparse.Namespace) -> list:
+    from mmtune.bench.attention import run_attention_bench
+    from mmtune.errors import ConfigError
+
+    if args.overrides:
+        raise ConfigError("bench attention", " ".join(args.overrides), "no --section.field overrides")
+    _positive(args, "positions", "sample_len", "heads", "head_dim", "repeats")
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+        if min(lengths) < 4:
+            raise ValueError(args.lengths)
+    except ValueError:
+        raise ConfigError("--lengths", args.lengths, "comma-separated row lengths of at least 4") from None
+    return run_attention_bench(lengths, positions=args.positions, sample_len=args.sample_len, heads=args.heads,
+                               head_dim=args.head_dim, repeats=args.repeats, seed=0)
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen benchmark and prints its table (or JSON)."""
     from dataclasses import asdict
 
-    results = {"generate": _generate, "train": _train, "data": _data}[args.bench](args)
+    benches = {"generate": _generate, "train": _train, "data": _data, "attention": _attention}
+    results = benches[args.bench](args)
     rows = [asdict(r) for r in results]
     print(json.dumps(rows, indent=2) if args.json else _table(rows, rows[-1]))
     return 0

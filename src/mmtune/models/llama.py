@@ -9,8 +9,10 @@ Attention follows the batch contract of ``docs/architecture.md``: ``positions`` 
 mask-free kernels run wherever they are exact: with neither sample ids nor a cache (``is_causal``), for a
 prefill into an empty cache without padding (``is_causal``), and for one-token decoding while the cache
 holds no padding (every cached key is visible: no mask at all). Packed rows (each sample id one
-contiguous run) attend sample by sample with ``is_causal``, so a row of several samples costs the sum of
-their squared lengths instead of the row length squared; compiled blocks keep the boolean mask.
+contiguous run) of at least :data:`SEGMENT_LOOP_MIN_LEN` positions attend sample by sample with
+``is_causal``, so a row of several samples costs the sum of their squared lengths instead of the row
+length squared; shorter rows, and compiled blocks, take one call with the boolean mask (below ~512
+positions the loop's per-call cost exceeds the attention it saves: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def attention_mask(n: int, sample_ids: Optional[torch.Tensor], cache: Optional[K
     valid = cache.valid[:, None, None, :start + n]
     return (causal & valid) | (key_at == query_at)
 
+
+SEGMENT_LOOP_MIN_LEN = 512
+"""Packed rows this long or longer attend sample by sample; shorter ones with one masked call."""
 
 Segments = tuple[tuple[tuple[int, int], ...], ...]
 """Per row, the ``(start, end)`` of each run of one sample id (padding is a run of its own)."""
@@ -366,7 +371,7 @@ class Transformer(nn.Module):
         if cache is None and sample_ids is not None and one_sample_per_row(sample_ids):
             sample_ids = None  # causal attention is exact for every real token
         segments = None
-        if cache is None and sample_ids is not None and not _compiled(self.layers):
+        if cache is None and sample_ids is not None and t >= SEGMENT_LOOP_MIN_LEN and not _compiled(self.layers):
             segments = sample_segments(sample_ids)
         mask = segments if segments is not None else attention_mask(t, sample_ids, cache, h.device)
         for layer in self.layers:
