@@ -58,8 +58,9 @@ def load_torch(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[-1][:200]
         raise CheckpointError(f"{path}: refused to load, it holds more than tensors (weights_only): {first}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from None
+    except Exception as exc:  # damaged bytes trip the unpickler anywhere (IndexError, KeyError, ...)
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: "
+                              f"{type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
