@@ -11,6 +11,7 @@ complete, so a crash mid-save never leaves a complete-looking partial checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -19,7 +20,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -91,7 +92,9 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimiz
         tmp.mkdir(parents=True)
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
+                 no_dist=not torch.distributed.is_initialized())
     if is_main:
         torch.save(trainer_state, tmp / STATE_FILE)
         write_extras(tmp)
@@ -136,6 +139,15 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         torch.load(io.BytesIO(value.getvalue()), weights_only=True)
         value.seek(0)
         super().load_bytes(read_item, value)
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Silences DCP's warning that it saves or loads in a single process (no process group): that is
+    the intent of a caller without one (a bare Trainer, an export)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _dcp_load(state: dict, path: Path, **kwargs: Any) -> None:
@@ -209,8 +221,7 @@ def load_plain(path: Path, model: nn.Module) -> None:
         raise CheckpointError(f"{path}: cannot load into this model: {len(wrong)} weights missing or "
                               f"shaped differently ({', '.join(wrong[:5])})")
     state = {"model": model_sd}
-    with warnings.catch_warnings():  # DCP warns that it loads in a single process: that is the intent
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _single_process_quiet():
         _dcp_load(state, path, no_dist=not torch.distributed.is_initialized())
     model.load_state_dict(state["model"])
 
