@@ -35,12 +35,12 @@ def test_crash_during_save_leaves_no_complete_checkpoint(tmp_path, monkeypatch):
     real_save = ckpt.dcp.save
     calls = []
 
-    def crashing_save(state, checkpoint_id, **kwargs):
+    def crashing_save(state, checkpoint_id):
         calls.append(checkpoint_id)
         if len(calls) == 2:  # the step-4 save dies half-way through writing
-            real_save(state, checkpoint_id=checkpoint_id, **kwargs)
+            real_save(state, checkpoint_id=checkpoint_id)
             raise OSError("No space left on device")
-        return real_save(state, checkpoint_id=checkpoint_id, **kwargs)
+        return real_save(state, checkpoint_id=checkpoint_id)
 
     monkeypatch.setattr(ckpt.dcp, "save", crashing_save)
     with pytest.raises(OSError, match="No space left"):

@@ -93,8 +93,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimiz
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
-                 no_dist=not torch.distributed.is_initialized())
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     if is_main:
         torch.save(trainer_state, tmp / STATE_FILE)
         write_extras(tmp)
@@ -143,19 +142,19 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
 
 @contextlib.contextmanager
 def _single_process_quiet() -> Iterator[None]:
-    """Silences DCP's warning that it saves or loads in a single process (no process group): that is
-    the intent of a caller without one (a bare Trainer, an export)."""
+    """Silences DCP's warning that it saves or loads in a single process: DCP goes single-process by
+    itself when there is no process group, which is the intent of such a caller (a bare Trainer, an export)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
 
 
-def _dcp_load(state: dict, path: Path, **kwargs: Any) -> None:
+def _dcp_load(state: dict, path: Path) -> None:
     """``dcp.load`` of checkpoint ``path`` after checking that nothing in it unpickles into code;
     CheckpointError (nothing executed) otherwise. Training checkpoints may come from elsewhere."""
     read_metadata(path)
     try:
-        dcp.load(state, checkpoint_id=str(path), planner=_SafeLoadPlanner(), **kwargs)
+        dcp.load(state, checkpoint_id=str(path), planner=_SafeLoadPlanner())
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to load, it holds more than tensors and plain values: "
                               f"{str(exc).strip().splitlines()[-1][:200]}") from None
@@ -222,7 +221,7 @@ def load_plain(path: Path, model: nn.Module) -> None:
                               f"shaped differently ({', '.join(wrong[:5])})")
     state = {"model": model_sd}
     with _single_process_quiet():
-        _dcp_load(state, path, no_dist=not torch.distributed.is_initialized())
+        _dcp_load(state, path)
     model.load_state_dict(state["model"])
 
 
