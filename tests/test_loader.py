@@ -13,6 +13,8 @@ from mmtune.data.encode import IGNORE_INDEX
 from mmtune.data.loader import build_loader
 from mmtune.errors import DataError
 from mmtune.models.tokenizer import Tokenizer
+from mmtune.data.images import ImageTransform
+from mmtune.data.processor import Processor
 from mmtune.models.vision import ImageSettings
 
 IMAGE_TOKENS = 4
@@ -35,8 +37,8 @@ def mixed(tmp_path):
 
 
 def _loader(cfg, tok, rank=0, world=1, seed=0):
-    return build_loader(cfg, tok, num_image_tokens=IMAGE_TOKENS, image_position="placeholder",
-                        image_settings=SETTINGS, rank=rank, world_size=world, seed=seed)
+    processor = Processor(tok, IMAGE_TOKENS, "placeholder", ImageTransform.from_settings(SETTINGS))
+    return build_loader(cfg, processor, rank=rank, world_size=world, seed=seed)
 
 
 def _take(iterator, n):

@@ -26,6 +26,8 @@ from mmtune.config_values import FREE_FORM, build, hints, merge
 from mmtune.errors import ConfigError
 
 Part = Literal["frozen", "full"]
+ImagePosition = Literal["after_bos", "placeholder"]
+"""Where an image's run of tokens sits in the text: right after BOS, or where the text has ``<image>``."""
 
 
 @dataclass
@@ -135,6 +137,12 @@ class ConnectorConfig:
     """mlp only: concatenate each merge x merge block of neighbouring patch features into one image token
     before the MLP (as Qwen2-VL's patch merger), so an image takes merge^2 times fewer tokens; 1 is
     LLaVA-1.5's one token per patch. Must divide the tower's patch grid side."""
+
+    @property
+    def image_position(self) -> ImagePosition:
+        """``after_bos`` for qformer (LLaMA2-Accessory puts the image right after BOS), ``placeholder``
+        for mlp (LLaVA puts it where the text has ``<image>``)."""
+        return "after_bos" if self.kind == "qformer" else "placeholder"
 
     def check(self, path: str) -> None:
         _positive(self, path, "merge")

@@ -371,7 +371,6 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
     """Every side of ``sides`` on the same planned steps (see the module docstring), in one process."""
     from mmtune.data.images import ImageTransform
     from mmtune.distributed.env import init_distributed, shutdown
-    from mmtune.models.vision import resolve_image_settings
     from mmtune.models.vlm import build_model
     from mmtune.training.metrics import flops_per_token, peak_flops
 
@@ -385,7 +384,7 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
         source = build_model(cfg, cfg.model.vocab_size - 1, device="cpu")  # transformers embeds the image id
         transform = photos = None
         if source.vision is not None:
-            transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
+            transform = ImageTransform.from_vision(cfg.vision)
             photos = synthetic_photos(16, seed=seed)
         plan = build_plan(mixture_spec(cfg, source.image_token_id, source.num_image_tokens),
                           cfg.training.micro_batch_size, warmup + steps, photos or [], seed)

@@ -113,7 +113,6 @@ def _data(args: argparse.Namespace) -> list:
     from mmtune.config import load_config
     from mmtune.data.images import ImageTransform
     from mmtune.errors import ConfigError
-    from mmtune.models.vision import resolve_image_settings
 
     _positive(args, "images", "repeats")
     try:
@@ -123,7 +122,7 @@ def _data(args: argparse.Namespace) -> list:
     except ValueError:
         raise ConfigError("--size", args.size, "WIDTHxHEIGHT of at least 64x64, e.g. 640x480") from None
     cfg = load_config(args.config, args.overrides)
-    transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
+    transform = ImageTransform.from_vision(cfg.vision)
     with tempfile.TemporaryDirectory() as folder:
         return run_data_bench(transform, Path(folder), images=args.images, width=width, height=height,
                               workers=cfg.data.num_workers, repeats=args.repeats, seed=cfg.training.seed)

@@ -121,23 +121,11 @@ class InspectCommand:
 
 
 def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
-    """(tokenizer, record encoder, image transform or None) for ``cfg``; the model is built on meta."""
-    from mmtune.data.images import ImageTransform
-    from mmtune.data.loader import make_encoder
-    from mmtune.errors import ConfigError
-    from mmtune.models.tokenizer import Tokenizer
-    from mmtune.models.vision import resolve_image_settings
-    from mmtune.models.vlm import build_model
-    from mmtune.serving.loading import image_position
+    """(tokenizer, record encoder, image transform or None) for ``cfg``, from its processor."""
+    from mmtune.data.processor import Processor
 
-    if not cfg.tokenizer.path:
-        raise ConfigError("tokenizer.path", None, "a tokenizer directory or tokenizer.model file")
-    tokenizer = Tokenizer.from_path(cfg.tokenizer.path)
-    tokens, transform = 0, None
-    if cfg.vision.kind != "none":
-        tokens = build_model(cfg, tokenizer.image_token_id, device="meta").num_image_tokens
-        transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
-    return tokenizer, make_encoder(cfg.data, tokenizer, tokens, image_position(cfg.connector)), transform
+    processor = Processor.from_config(cfg)
+    return processor.tokenizer, processor.encoder(cfg.data), processor.image_transform
 
 
 def _records(source: Any, limit: int) -> Any:

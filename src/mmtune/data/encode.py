@@ -40,11 +40,11 @@ from typing import Callable, Literal, Optional, Protocol, Union
 
 import torch
 
+from mmtune.config import ImagePosition
 from mmtune.data.records import ImageRef, Record
 from mmtune.data.templates import Segment, Template, get_template
 from mmtune.errors import ConfigError, DataError
 
-ImagePosition = Literal["after_bos", "placeholder"]
 Overflow = Literal["truncate", "skip"]
 IGNORE_INDEX = -100
 

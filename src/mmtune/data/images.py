@@ -12,7 +12,7 @@ Public API:
 * :func:`normalize` ``(image, mean, std) -> Tensor[3, H, W]`` float32.
 * :class:`ImageTransform` ``(size, mean, std, resize="center_crop", max_pixels=64_000_000)``: the three
   steps as one callable ``transform(ref) -> Tensor[3, size, size]``; ``ImageTransform.from_settings``
-  takes :class:`mmtune.models.vision.ImageSettings`.
+  takes :class:`mmtune.models.vision.ImageSettings`, ``ImageTransform.from_vision`` a ``vision`` config section.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmtune.data.records import ImageRef
 from mmtune.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmtune.config import VisionConfig
 
 ResizeMode = Literal["center_crop", "pad", "resize"]
 RESIZE_MODES: tuple[str, ...] = ("center_crop", "pad", "resize")
@@ -148,6 +151,14 @@ class ImageTransform:
         """From :class:`mmtune.models.vision.ImageSettings` (``size, mean, std, resize, max_pixels``)."""
         return cls(size=settings.size, mean=tuple(settings.mean), std=tuple(settings.std),
                    resize=settings.resize, max_pixels=settings.max_pixels)
+
+    @classmethod
+    def from_vision(cls, vision: "VisionConfig") -> "ImageTransform":
+        """The transform of a ``vision`` config section: its size, normalisation and resize mode, else the
+        tower's (see :func:`mmtune.models.vision.resolve_image_settings`)."""
+        from mmtune.models.vision import resolve_image_settings
+
+        return cls.from_settings(resolve_image_settings(vision))
 
     def __call__(self, ref: ImageRef) -> torch.Tensor:
         """Loads and transforms one image reference."""

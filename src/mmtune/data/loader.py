@@ -2,15 +2,14 @@
 
 API the trainer calls (stable)::
 
-    loader = build_loader(cfg, tokenizer, num_image_tokens=N, image_position="placeholder" | "after_bos",
-                          image_settings=ImageSettings | None, rank=r, world_size=W, seed=s)
+    loader = build_loader(cfg, processor, rank=r, world_size=W, seed=s)  # processor: data/processor.py
     for batch in loader: ...        # one epoch of this rank's micro-batches (dicts, docs/architecture.md)
     loader.state_dict() / loader.load_state_dict(state)
     loader.stats()                  # per-source samples, bad, truncated, skipped; padding fraction
     loader.epoch                    # the epoch the next row belongs to
     loader.rows_per_epoch           # rows of one epoch over all ranks; None for streams
 
-Helpers: :func:`make_encoder` (the configured record encoder), :func:`encode_counted` (encode one record
+Helpers: :func:`encode_counted` (encode one record
 read from a source, counting it), :func:`map_rows` (the global row sequence of map mode).
 
 Each batch holds ``cfg.training.micro_batch_size`` rows plus the counts :func:`~mmtune.data.packing.collate`
@@ -52,12 +51,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmtune.config import Config, DataConfig
+from mmtune.config import Config
 from mmtune.data.badrecords import BadRecord, DataStats, LocatedImage, decode_row_images
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
 from mmtune.data.images import ImageTransform
 from mmtune.data.mixture import epoch_order, interleave, open_sources
 from mmtune.data.packing import Packer, Row, collate
+from mmtune.data.processor import Processor
 from mmtune.data.records import Record
 from mmtune.data.sources import MapSource, ShardSource, Source
 from mmtune.errors import ConfigError, DataError
@@ -397,22 +397,12 @@ def summary(stats: dict) -> str:
     return "; ".join(parts) + f"; padding {100 * stats['padding_fraction']:.1f}% of {stats['rows']} rows"
 
 
-def make_encoder(data: DataConfig, tokenizer: Any, num_image_tokens: int, image_position: str) -> RecordEncoder:
-    """The record encoder ``data`` asks for (template, system prompt, max_seq_len, overflow)."""
-    return RecordEncoder(tokenizer, data.template, num_image_tokens, image_position,  # type: ignore[arg-type]
-                         data.max_seq_len, data.overflow, data.system_prompt)  # type: ignore[arg-type]
-
-
-def build_loader(cfg: Config, tokenizer: Any, *, num_image_tokens: int, image_position: str,
-                 image_settings: Any, rank: int, world_size: int, seed: int) -> Loader:
+def build_loader(cfg: Config, processor: Processor, *, rank: int, world_size: int, seed: int) -> Loader:
     """The loader of ``cfg.data`` for rank ``rank`` of ``world_size`` (see the module docstring)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError("rank", rank, f"0 <= rank < world_size = {world_size}")
     data = cfg.data
-    if num_image_tokens > 0 and image_settings is None:
-        raise ConfigError("vision", None, "image settings when the model takes images")
-    transform = ImageTransform.from_settings(image_settings) if num_image_tokens > 0 else None
-    encoder = make_encoder(data, tokenizer, num_image_tokens, image_position)
+    tokenizer, transform, encoder = processor.tokenizer, processor.image_transform, processor.encoder(data)
     plan = _Plan(open_sources(data), encoder, data.batching, tokenizer.pad_id, tokenizer.image_token_id,
                  transform, cfg.training.micro_batch_size, rank, world_size, seed, max(data.shuffle_buffer, 1))
     loader = Loader(plan, num_workers=data.num_workers, max_bad_fraction=data.max_bad_fraction)

@@ -48,10 +48,6 @@ class MLPConnector(nn.Module):
         self.linear_1.reset_parameters()
         self.linear_2.reset_parameters()
 
-    def num_tokens(self, n_features: int) -> int:
-        """Image tokens made from ``n_features`` tower features."""
-        return n_features // (self.merge * self.merge)
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` [N, P, in_dim] -> [N, P / merge^2, dim]."""
         if self.merge > 1:
@@ -79,10 +75,6 @@ class QFormerConnector(nn.Module):
         nn.init.uniform_(self.start_img)
         nn.init.uniform_(self.end_img)
 
-    def num_tokens(self, n_features: int) -> int:
-        """Image tokens made from ``n_features`` queries: the queries between the two boundary tokens."""
-        return n_features + 2
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` [N, q, in_dim] -> [N, q + 2, dim]: start token, projected queries, end token."""
         queries = self.proj(features)
@@ -99,9 +91,8 @@ _COMPATIBLE = {"mlp": ("clip", "siglip", "blip2"), "qformer": ("blip2",)}
 _PATCH_GRID = ("clip", "siglip")
 
 
-def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: int, n_features: int) -> nn.Module:
-    """The connector ``cfg.kind`` from ``n_features`` tower features of width ``in_dim`` per image to the
-    decoder's ``dim``."""
+def check_connector(cfg: ConnectorConfig, vision_kind: str, n_features: int) -> None:
+    """ConfigError unless connector ``cfg`` works on ``n_features`` features of a ``vision_kind`` tower."""
     if cfg.kind not in CONNECTORS:
         raise ConfigError("connector.kind", cfg.kind, "one of " + ", ".join(sorted(CONNECTORS)))
     if vision_kind not in _COMPATIBLE[cfg.kind]:
@@ -114,4 +105,19 @@ def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: in
                           f"1: the {vision_kind} tower's features are not a square grid of patches")
     if side % cfg.merge:
         raise ConfigError("connector.merge", cfg.merge, f"1 or a divisor of the side of the {side}x{side} patch grid")
+
+
+def connector_tokens(cfg: ConnectorConfig, vision_kind: str, n_features: int) -> int:
+    """Image tokens the connector makes from ``n_features`` tower features: one per merged patch block
+    (mlp), or the queries between the two boundary tokens (qformer). Checked as :func:`check_connector`."""
+    check_connector(cfg, vision_kind, n_features)
+    if cfg.kind == "qformer":
+        return n_features + 2
+    return n_features // (cfg.merge * cfg.merge)
+
+
+def build_connector(cfg: ConnectorConfig, vision_kind: str, in_dim: int, dim: int, n_features: int) -> nn.Module:
+    """The connector ``cfg.kind`` from ``n_features`` tower features of width ``in_dim`` per image to the
+    decoder's ``dim``."""
+    check_connector(cfg, vision_kind, n_features)
     return CONNECTORS[cfg.kind](in_dim, dim, cfg.hidden_dim, cfg.merge)

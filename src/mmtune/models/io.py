@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from mmtune.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
+    from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig
     from mmtune.models.tokenizer import Tokenizer
     from mmtune.models.vlm import VisionLanguageModel
 
@@ -170,6 +171,24 @@ def read_model_config(directory: str | Path) -> dict:
     return data
 
 
+def read_sections(directory: str | Path) -> tuple["ModelConfig", "VisionConfig", "ConnectorConfig", int]:
+    """The checked ``model``, ``vision`` and ``connector`` sections and ``image_token_id`` of a saved-model
+    directory's ``config.json`` (no weights are read)."""
+    from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
+
+    data = read_model_config(directory)
+    try:
+        model_cfg, vision_cfg, connector_cfg = (build(cls, data[key], key) for cls, key in
+                                                ((ModelConfig, "model"), (VisionConfig, "vision"),
+                                                 (ConnectorConfig, "connector")))
+        model_cfg.check("model")
+        vision_cfg.check("vision")
+        connector_cfg.check("connector")
+    except ConfigError as exc:
+        raise CheckpointError(f"{Path(directory) / 'config.json'}: {exc}") from None
+    return model_cfg, vision_cfg, connector_cfg, int(data["image_token_id"])
+
+
 def load_model(directory: str | Path, device: torch.device | str = "cpu",
                dtype: Optional[torch.dtype] = None) -> "VisionLanguageModel":
     """Reads a saved-model directory into a :class:`VisionLanguageModel` in eval mode.
@@ -178,22 +197,13 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
     connector are built normally (their non-persistent buffers need real values). ``dtype`` None keeps
     the saved dtype.
     """
-    from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
     from mmtune.models.connectors import build_connector
     from mmtune.models.vision import build_tower, check_state_dict
     from mmtune.models.vlm import VisionLanguageModel
 
-    data = read_model_config(directory)
-    try:
-        cfgs = [build(cls, data[key], key) for cls, key in
-                ((ModelConfig, "model"), (VisionConfig, "vision"), (ConnectorConfig, "connector"))]
-        cfgs[0].check("model")
-        cfgs[1].check("vision")
-        cfgs[2].check("connector")
-    except ConfigError as exc:
-        raise CheckpointError(f"{Path(directory) / 'config.json'}: {exc}") from None
+    *cfgs, image_token_id = read_sections(directory)
     with torch.device("meta"):
-        model = VisionLanguageModel(*cfgs, image_token_id=data["image_token_id"])
+        model = VisionLanguageModel(*cfgs, image_token_id=image_token_id)
     if model.vision is not None:
         model.vision = build_tower(cfgs[1])
         model.connector = build_connector(cfgs[2], cfgs[1].kind, model.vision.hidden_size, cfgs[0].dim,

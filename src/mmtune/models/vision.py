@@ -187,13 +187,12 @@ class PatchTower(VisionTower):
 
     def __init__(self, kind: str, hf_config: dict, feature_layer: int):
         super().__init__()
-        from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+        from transformers import CLIPVisionModel, SiglipVisionModel
 
+        config = transformers_config(kind, hf_config)
         if kind == "clip":
-            config = CLIPVisionConfig(**hf_config)
             self.vision_model = CLIPVisionModel(config)
         else:
-            config = SiglipVisionConfig(**{**hf_config, "vision_use_head": False})
             self.vision_model = SiglipVisionModel(config)
             self.ignored_prefixes = ("vision_model.head.",)
         layers = config.num_hidden_layers
@@ -205,7 +204,7 @@ class PatchTower(VisionTower):
         self.drop_cls = kind == "clip"
         self.hidden_size = config.hidden_size
         self.image_size = config.image_size
-        self.num_tokens = (config.image_size // config.patch_size) ** 2
+        self.num_tokens = _feature_count(kind, config)
 
     def hf_config(self) -> dict:
         """The transformers vision config values (without bookkeeping keys)."""
@@ -226,11 +225,9 @@ class Blip2Tower(VisionTower):
 
     def __init__(self, hf_config: dict):
         super().__init__()
-        from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
+        from transformers import Blip2QFormerModel, Blip2VisionModel
 
-        config = Blip2Config(vision_config=hf_config.get("vision_config", {}),
-                             qformer_config=hf_config.get("qformer_config", {}),
-                             num_query_tokens=hf_config.get("num_query_tokens", 32))
+        config = transformers_config("blip2", hf_config)
         self.num_query_tokens = config.num_query_tokens
         self.vision_model = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
@@ -238,7 +235,7 @@ class Blip2Tower(VisionTower):
         nn.init.normal_(self.query_tokens, std=config.qformer_config.initializer_range)
         self.hidden_size = config.qformer_config.hidden_size
         self.image_size = config.vision_config.image_size
-        self.num_tokens = config.num_query_tokens
+        self.num_tokens = _feature_count("blip2", config)
 
     def hf_config(self) -> dict:
         """``vision_config``, ``qformer_config`` and ``num_query_tokens`` as a BLIP-2 config holds them."""
@@ -253,6 +250,33 @@ class Blip2Tower(VisionTower):
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, encoder_attention_mask=mask)
         return out.last_hidden_state
+
+
+def transformers_config(kind: str, hf_config: dict) -> Any:
+    """The transformers config object of a ``kind`` tower (CLIP / SigLIP vision config, BLIP-2 config)."""
+    from transformers import Blip2Config, CLIPVisionConfig, SiglipVisionConfig
+
+    if kind == "clip":
+        return CLIPVisionConfig(**hf_config)
+    if kind == "siglip":
+        return SiglipVisionConfig(**{**hf_config, "vision_use_head": False})
+    return Blip2Config(vision_config=hf_config.get("vision_config", {}),
+                       qformer_config=hf_config.get("qformer_config", {}),
+                       num_query_tokens=hf_config.get("num_query_tokens", 32))
+
+
+def _feature_count(kind: str, config: Any) -> int:
+    """Feature tokens per image: the patch grid (CLIP, SigLIP) or the Q-Former queries (BLIP-2)."""
+    if kind == "blip2":
+        return int(config.num_query_tokens)
+    return (config.image_size // config.patch_size) ** 2
+
+
+def tower_feature_count(vision_cfg: VisionConfig) -> int:
+    """Feature tokens per image of ``vision_cfg``'s tower, read from its config alone (nothing is built)."""
+    if vision_cfg.kind == "none":
+        raise ConfigError("vision.kind", "none", "a vision tower (clip, siglip, blip2) to take images")
+    return _feature_count(vision_cfg.kind, transformers_config(vision_cfg.kind, tower_hf_config(vision_cfg)))
 
 
 def build_tower(vision_cfg: VisionConfig) -> Optional[VisionTower]:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from mmtune.config import Config, ConnectorConfig, ModelConfig, TrainableConfig, VisionConfig
-from mmtune.models.connectors import build_connector
+from mmtune.models.connectors import build_connector, connector_tokens
 from mmtune.models.llama import KVCache, Transformer
-from mmtune.models.vision import build_tower
+from mmtune.models.vision import build_tower, tower_feature_count
 
 PARTS = ("vision", "connector", "llm")
 
@@ -41,7 +41,7 @@ class VisionLanguageModel(nn.Module):
         if self.vision is not None:
             self.connector = build_connector(connector_cfg, vision_cfg.kind, self.vision.hidden_size, model_cfg.dim,
                                              self.vision.num_tokens)
-            self.num_image_tokens = self.connector.num_tokens(self.vision.num_tokens)
+            self.num_image_tokens = connector_tokens(connector_cfg, vision_cfg.kind, self.vision.num_tokens)
         self.frozen_parts: frozenset[str] = frozenset()
 
     @torch.no_grad()
@@ -114,6 +114,14 @@ class VisionLanguageModel(nn.Module):
         embeds = self.embed_inputs(input_ids, pixel_values)
         return self.llm(embeds=embeds, positions=positions, sample_ids=sample_ids, cache=cache,
                         return_hidden=return_hidden)
+
+
+def image_tokens_per_image(vision_cfg: VisionConfig, connector_cfg: ConnectorConfig) -> int:
+    """``VisionLanguageModel.num_image_tokens`` of these sections, from the configs alone (no module is
+    built): 0 for a text-only model; ConfigError for a connector that does not fit the tower."""
+    if vision_cfg.kind == "none":
+        return 0
+    return connector_tokens(connector_cfg, vision_cfg.kind, tower_feature_count(vision_cfg))
 
 
 def build_model(cfg: Config, image_token_id: int, device: torch.device | str | None = None) -> VisionLanguageModel:

@@ -20,12 +20,6 @@ from mmtune.training.trainer import RunParts, Trainer
 log = logging.getLogger(__name__)
 
 
-def image_position(cfg: Config) -> str:
-    """Where images sit in the text: right after BOS for the qformer connector (LLaMA2-Accessory),
-    at ``<image>`` for mlp (LLaVA)."""
-    return "after_bos" if cfg.connector.kind == "qformer" else "placeholder"
-
-
 def load_saved_weights(model: nn.Module, directory: str) -> None:
     """Loads a saved-model directory's weights into ``model``.
 
@@ -47,30 +41,23 @@ def load_saved_weights(model: nn.Module, directory: str) -> None:
 
 
 def build_parts(cfg: Config, env: DistEnv) -> RunParts:
-    """The tokenizer, model builder and this rank's loader for ``cfg``."""
+    """The processor's model builder and this rank's loader for ``cfg``."""
     from mmtune.data.loader import build_loader
-    from mmtune.models.tokenizer import Tokenizer
-    from mmtune.models.vision import resolve_image_settings
+    from mmtune.data.processor import Processor
     from mmtune.models.vlm import build_model
 
-    if not cfg.tokenizer.path:
-        raise ConfigError("tokenizer.path", None, "a tokenizer directory or tokenizer.model file")
+    processor = Processor.from_config(cfg)
     if not cfg.data.sources and not cfg.data.mixture:
         raise ConfigError("data.sources", [], "at least one source (or data.mixture)")
-    tokenizer = Tokenizer.from_path(cfg.tokenizer.path)
-    tokenizer.check_fits(cfg.model.vocab_size)
-    image_token_id = tokenizer.image_token_id
+    image_token_id = processor.tokenizer.image_token_id
 
     def build(device: str) -> nn.Module:
         return build_model(cfg, image_token_id, device=device)
 
-    settings = resolve_image_settings(cfg.vision) if cfg.vision.kind != "none" else None
-    loader = build_loader(cfg, tokenizer, num_image_tokens=build("meta").num_image_tokens,
-                          image_position=image_position(cfg), image_settings=settings,
-                          rank=env.dp_rank, world_size=env.dp_size, seed=cfg.training.seed)
+    loader = build_loader(cfg, processor, rank=env.dp_rank, world_size=env.dp_size, seed=cfg.training.seed)
     return RunParts(build_model=build, loader=loader, image_token_id=image_token_id,
                     load_source_weights=load_saved_weights,
-                    write_extras=lambda path: tokenizer.save(path / "tokenizer"))
+                    write_extras=lambda path: processor.tokenizer.save(path / "tokenizer"))
 
 
 def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
