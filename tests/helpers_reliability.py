@@ -192,7 +192,7 @@ def fast_tokenizer(folder: Path) -> Path:
 # ---------------------------------------------------------------- many CLI runs in one warm interpreter
 
 WARM_IMPORTS = ("torch", "transformers", "mmtune.cli", "mmtune.models.io", "mmtune.models.tokenizer",
-                "mmtune.serving.engine", "mmtune.training.run")
+                "mmtune.inference.engine", "mmtune.training.run")
 
 
 def run_cli_cases(cases: list[list[str]], timeout: float = 60) -> list[tuple[int, str]]:

@@ -15,7 +15,7 @@ import pytest
 
 from mmtune.errors import DataError
 from mmtune.serving.api import ServerSettings, create_app
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.request import ChatRequest, Completion
 from mmtune.serving.server import BackgroundServer
 
 

@@ -17,8 +17,8 @@ from mmtune.data.records import Message
 from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
-from mmtune.serving.engine import Engine
-from mmtune.serving.request import ChatRequest
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 
 
 @pytest.fixture(scope="module")

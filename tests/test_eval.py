@@ -130,3 +130,23 @@ def test_eval_command_errors_are_one_line(world, model_dir, capsys, argv, messag
     code = main(["eval", *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluation_answers_exactly_what_mmtune_generate_prints(world, model_dir, capsys):
+    """Evaluation runs on the serving engine: the same prompt, image, prefix and detokenisation."""
+    from dataclasses import replace
+
+    predictor = Predictor.from_dir(str(model_dir), "llava_v1", max_new_tokens=8, system_prompt="Be brief.")
+    question = load_items(str(world / "heldout" / "vqa.json"), "vqa", limit=1)[0]
+    caption = load_items(str(world / "heldout" / "captions.jsonl"), "caption", limit=1)[0]
+    caption.record = replace(caption.record, prefix="there is")
+    predictor.predict([question, caption], batch_size=1)  # generate answers one prompt at a time
+    capsys.readouterr()
+    user = question.record.messages[-1].content.replace("<image>", "").strip()
+    runs = [(question, ["--template", "llava_v1", "--system-prompt", "Be brief.", "--prompt", user]),
+            (caption, ["--template", "llava_v1", "--system-prompt", "Be brief.", "--prefix", "there is"])]
+    for item, options in runs:
+        code = main(["generate", "--model", str(model_dir), "--image", str(item.record.image),
+                     "--max-new-tokens", "8", *options])
+        assert code == 0
+        assert capsys.readouterr().out == item.prediction + "\n"

@@ -23,11 +23,10 @@ from PIL import Image
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.images import ImageTransform
 from mmtune.models.tokenizer import Tokenizer
-from mmtune.models.vision import resolve_image_settings
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
-from mmtune.serving.engine import Engine
-from mmtune.serving.prompt import PromptRenderer
+from mmtune.inference.engine import Engine
+from mmtune.data.processor import Processor
 from mmtune.serving.server import BackgroundServer
 
 FLOOD = 24
@@ -40,8 +39,7 @@ def engine(llama_tokenizer_dir) -> Engine:
     cfg = Config(model=ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=32000, max_seq_len=128),
                  vision=build(VisionConfig, {"preset": "debug-clip"}), connector=ConnectorConfig(kind="mlp"))
     model = build_model(cfg, tokenizer.image_token_id)
-    transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
-    return Engine(model, tokenizer, transform, PromptRenderer(tokenizer, model.num_image_tokens, "placeholder"))
+    return Engine(model, Processor.from_sections(tokenizer, cfg.vision, cfg.connector))
 
 
 @pytest.fixture(scope="module")

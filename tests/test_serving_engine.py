@@ -8,6 +8,7 @@ and user mistakes behave as documented; and the API serves the real engine over 
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 import io
 
 import httpx
@@ -22,13 +23,12 @@ from mmtune.data.records import IMAGE_MARKER, Message, Record
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.generate import SamplingParams, generate
 from mmtune.models.tokenizer import Tokenizer
-from mmtune.models.vision import resolve_image_settings
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
 from mmtune.serving.chat import chat_loop
-from mmtune.serving.engine import Engine
-from mmtune.serving.prompt import PromptRenderer
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.engine import Engine
+from mmtune.data.processor import Processor
+from mmtune.inference.request import ChatRequest, Completion
 from mmtune.serving.server import BackgroundServer
 
 
@@ -45,9 +45,7 @@ def engine(llama_tokenizer_dir) -> Engine:
     cfg = Config(model=ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32000, max_seq_len=256),
                  vision=build(VisionConfig, {"preset": "debug-clip"}), connector=ConnectorConfig(kind="mlp"))
     model = build_model(cfg, tokenizer.image_token_id)
-    transform = ImageTransform.from_settings(resolve_image_settings(cfg.vision))
-    renderer = PromptRenderer(tokenizer, model.num_image_tokens, "placeholder")
-    return Engine(model, tokenizer, transform, renderer, default_template="alpaca")
+    return Engine(model, Processor.from_sections(tokenizer, cfg.vision, cfg.connector), default_template="alpaca")
 
 
 def ask(text: str = "What is this?", **kw) -> ChatRequest:
@@ -61,7 +59,7 @@ def test_greedy_answer_equals_generate_on_the_data_layer_prompt(engine):
     record = Record(messages=(Message("user", "What is this?"),), image=image)
     prompt = encode_prompt(record, engine.tokenizer, "alpaca", num_image_tokens=engine.model.num_image_tokens,
                            image_position="placeholder").input_ids.tolist()
-    pixels = engine.image_transform(image)[None]
+    pixels = engine.processor.image_transform(image)[None]
     expected = generate(engine.model, [prompt], pixels, SamplingParams(max_new_tokens=12, stop_ids=(engine.tokenizer.eos_id,)))[0]
     assert completion.token_ids == expected and len(expected) > 0
     assert completion.prompt_tokens == len(prompt) and prompt.count(engine.tokenizer.image_token_id) == engine.model.num_image_tokens
@@ -106,7 +104,7 @@ def test_score_matches_a_full_forward_and_template_none_is_raw(engine):
     assert tok.decode(score.token_ids) == "green and round"
     with torch.no_grad():
         ids = torch.tensor([score.prompt_ids + score.token_ids])
-        logits = engine.model(ids, engine.image_transform(image)[None]).float()
+        logits = engine.model(ids, engine.processor.image_transform(image)[None]).float()
     logp = torch.log_softmax(logits[0], -1)
     start = len(score.prompt_ids)
     expected = [float(logp[start - 1 + i, t]) for i, t in enumerate(score.token_ids)]
@@ -118,6 +116,17 @@ def test_score_matches_a_full_forward_and_template_none_is_raw(engine):
     assert tok.decode(rendered.prompt_ids).endswith("### Response:") and rendered.token_ids == score.token_ids[:len(rendered.token_ids)]
 
 
+@pytest.mark.parametrize("system", ["", "Answer in one word."])
+def test_a_system_prompt_renders_as_training_renders_data_system_prompt(engine, system):
+    """An empty system prompt means no system sentence (``data.system_prompt: ""``), not the default."""
+    record = Record(messages=(Message("user", "Hi"),))
+    trained = encode_prompt(record, engine.tokenizer, "llava_v1", num_image_tokens=engine.model.num_image_tokens,
+                            system_prompt=system).input_ids.tolist()
+    assert engine.prepare(ask("Hi", template="llava_v1", system_prompt=system)).prompt_ids == trained
+    default = engine.prepare(ask("Hi", template="llava_v1")).prompt_ids
+    assert default != trained and len(default) > len(trained)
+
+
 def test_a_left_padded_batch_equals_one_by_one(engine):
     requests = [ask("Hi", image=png_bytes()), ask("A much longer question about the picture, please?"),
                 ask("Count the shapes.", image=png_bytes((0, 0, 255)))]
@@ -125,6 +134,19 @@ def test_a_left_padded_batch_equals_one_by_one(engine):
     batch = engine.run_batch(prepared)
     alone = [engine.run(p) for p in prepared]
     assert [c.token_ids for c in batch] == [c.token_ids for c in alone]
+
+
+def test_a_batch_stops_where_its_longest_prompt_fills_the_context(engine):
+    """``prepare`` lowers max_new_tokens for a long prompt; such a request still batches with short ones,
+    and the batch generates until the longest prompt fills the context."""
+    long_prompt = ask("word " * 200, max_new_tokens=100)
+    prepared = [engine.prepare(ask("Hi", max_new_tokens=100)), engine.prepare(long_prompt)]
+    room = engine.max_seq_len - len(prepared[1].prompt_ids)
+    assert prepared[1].params.max_new_tokens == room < prepared[0].params.max_new_tokens
+    batch = engine.run_batch(prepared)
+    assert all(len(c.token_ids) <= room for c in batch)
+    assert [c.finish_reason for c in batch] == ["length" if len(c.token_ids) == room else "stop" for c in batch]
+    assert batch[1].token_ids == engine.run(prepared[1]).token_ids
 
 
 def test_user_mistakes_raise_mmtune_errors(engine, tmp_path):
@@ -136,8 +158,8 @@ def test_user_mistakes_raise_mmtune_errors(engine, tmp_path):
         engine.prepare(ask("word " * 400))
     bomb = io.BytesIO()
     Image.new("1", (12000, 12000)).save(bomb, format="PNG")
-    small = Engine(engine.model, engine.tokenizer, ImageTransform(32, (0.5,) * 3, (0.5,) * 3, "pad", 1_000_000),
-                   engine.renderer)
+    small = Engine(engine.model, replace(engine.processor, image_transform=ImageTransform(32, (0.5,) * 3, (0.5,) * 3,
+                                                                                          "pad", 1_000_000)))
     with pytest.raises(DataError):
         small.prepare(ask(image=bomb.getvalue()))
 
@@ -170,8 +192,8 @@ def test_api_serves_the_real_engine(engine):
     url_image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, format="PNG")
-    small = Engine(engine.model, engine.tokenizer, ImageTransform(32, (0.5,) * 3, (0.5,) * 3, "pad", 1_000_000),
-                   engine.renderer)
+    small = Engine(engine.model, replace(engine.processor, image_transform=ImageTransform(32, (0.5,) * 3, (0.5,) * 3,
+                                                                                          "pad", 1_000_000)))
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url_image}},
                                                       {"type": "text", "text": "What is this?"}]}],
             "temperature": 0, "max_tokens": 12}

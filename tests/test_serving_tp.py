@@ -22,8 +22,8 @@ from mmtune.data.records import IMAGE_MARKER, Message
 from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
-from mmtune.serving.engine import Engine
-from mmtune.serving.request import ChatRequest
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 from mmtune.serving.server import free_port
 
 

@@ -19,10 +19,9 @@ from mmtune.data.records import IMAGE_MARKER, Message
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
-from mmtune.serving.engine import Engine
-from mmtune.serving.loading import image_position
-from mmtune.serving.prompt import PromptRenderer
-from mmtune.serving.request import ChatRequest
+from mmtune.inference.engine import Engine
+from mmtune.data.processor import Processor
+from mmtune.inference.request import ChatRequest
 from mmtune.serving.server import BackgroundServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,16 +34,12 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def engine(llama_tokenizer_dir) -> Engine:
-    from mmtune.data.images import ImageTransform
-    from mmtune.models.vision import resolve_image_settings
-
     torch.manual_seed(1)
     tokenizer = Tokenizer.from_path(llama_tokenizer_dir)
     cfg = Config(model=ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=32000, max_seq_len=192),
                  vision=build(VisionConfig, {"preset": "debug-blip2"}), connector=ConnectorConfig(kind="qformer"))
     model = build_model(cfg, tokenizer.image_token_id)
-    renderer = PromptRenderer(tokenizer, model.num_image_tokens, image_position(cfg.connector))
-    return Engine(model, tokenizer, ImageTransform.from_settings(resolve_image_settings(cfg.vision)), renderer)
+    return Engine(model, Processor.from_sections(tokenizer, cfg.vision, cfg.connector))
 
 
 def set_range(page, selector: str, value: float) -> None:

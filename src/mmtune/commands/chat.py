@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmtune.serving.chat import chat_loop
-    from mmtune.serving.cli_support import engine_from_args, request_from_args
+    from mmtune.commands.serving_options import engine_from_args, request_from_args
 
     engine = engine_from_args(args)
     chat_loop(engine.generate, request_from_args(args, None, prefix=None))

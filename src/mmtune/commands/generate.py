@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mmtune.errors import ConfigError
-    from mmtune.serving.cli_support import engine_from_args, local_image, request_from_args
+    from mmtune.commands.serving_options import engine_from_args, local_image, request_from_args
 
     if bool(args.batch) != bool(args.out):
         raise ConfigError("--batch/--out", args.batch or args.out, "both --batch FILE and --out FILE, or neither")

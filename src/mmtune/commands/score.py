@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from mmtune.serving.cli_support import engine_from_args, local_image, request_from_args
+    from mmtune.commands.serving_options import engine_from_args, local_image, request_from_args
 
     args.max_new_tokens, args.temperature, args.top_p, args.seed = 1, 0.0, 1.0, None
     engine = engine_from_args(args)

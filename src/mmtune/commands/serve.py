@@ -7,6 +7,10 @@ parallel); rank 0 serves HTTP and the other ranks follow each request.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmtune.serving.api import ServerSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +43,23 @@ def check_limits(args: argparse.Namespace) -> None:
         raise ConfigError("--max-image-pixels", args.max_image_pixels, "a positive integer")
 
 
+def settings_from_args(args: argparse.Namespace) -> "ServerSettings":
+    """The server settings of the command line (the API key falls back to ``MMTUNE_API_KEY``)."""
+    import os
+    from pathlib import Path
+
+    from mmtune.serving.api import ServerSettings
+
+    return ServerSettings(model_name=args.name or Path(args.model).resolve().name,
+                          api_key=args.api_key or os.environ.get("MMTUNE_API_KEY") or None,
+                          max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pending=args.max_pending,
+                          default_max_tokens=args.max_new_tokens)
+
+
 def run(args: argparse.Namespace) -> int:
-    from mmtune.serving.launch import serve_from_args
+    from mmtune.commands.serving_options import engine_from_args
+    from mmtune.serving.launch import serve
 
     check_limits(args)
-    return serve_from_args(args)
+    return serve(lambda device: engine_from_args(args, device), settings_from_args(args), args.host, args.port,
+                 args.model)

@@ -1,4 +1,5 @@
-"""What the serving commands share: building the engine and the request from command-line options."""
+"""What the serving commands (generate, score, chat, serve) share: the engine and the request from their
+command-line options."""
 
 from __future__ import annotations
 
@@ -8,23 +9,24 @@ from typing import Optional
 
 from mmtune.data.records import Message
 from mmtune.errors import ConfigError, DataError
-from mmtune.serving.engine import Engine
-from mmtune.serving.request import ChatRequest
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    """Loads ``--model`` on ``--device`` in ``--dtype`` with ``--template`` as the default."""
+def engine_from_args(args: argparse.Namespace, device: Optional[str] = None) -> Engine:
+    """Loads ``--model`` on ``device`` (default ``--device``) in ``--dtype`` with ``--template`` as the default."""
     import torch
 
+    where = device or args.device
     dtype = args.dtype
     if dtype == "auto":
-        dtype = "bf16" if str(args.device).startswith("cuda") else "fp32"
+        dtype = "bf16" if str(where).startswith("cuda") else "fp32"
     try:
-        device = torch.device(args.device)
+        device = torch.device(where)
     except RuntimeError:
-        raise ConfigError("--device", args.device, "a torch device such as cpu or cuda:0") from None
+        raise ConfigError("--device", where, "a torch device such as cpu or cuda:0") from None
     return Engine.from_dir(args.model, device=str(device), dtype=getattr(torch, DTYPES[dtype]),
                            template=args.template or "alpaca",
                            max_image_pixels=getattr(args, "max_image_pixels", None))

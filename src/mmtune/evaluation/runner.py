@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-import torch
 from tqdm import tqdm
 
 from mmtune.config import SourceConfig
 from mmtune.data.badrecords import BadRecord
-from mmtune.data.records import Message, Record
+from mmtune.data.records import ImageRef, Message, Record
 from mmtune.errors import DataError
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d, vqa_exact_match, vqa_soft_accuracy
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ def _raw_entries(source: Any) -> list[tuple[Record | BadRecord, dict]]:
         table, local = source.locate(index)
         out.append((source.record(index), table.entry(local)))
     return out
+
+
+def _image_bytes(image: Optional[ImageRef]) -> Optional[bytes]:
+    """The encoded bytes of a dataset record's image (a path is read; the engine takes file bytes)."""
+    if image is None or isinstance(image, bytes):
+        return image
+    if isinstance(image, (bytearray, memoryview)):
+        return bytes(image)
+    path = Path(str(image))
+    if not path.is_file():
+        raise DataError(f"image file not found: {image}")
+    return path.read_bytes()
 
 
 def _caption_items(record: Record, entry: dict, prompt: Optional[str]) -> list[EvalItem]:
@@ -106,47 +119,31 @@ def load_items(path: str, task: Task, *, image_root: Optional[str] = None, promp
 
 
 class Predictor:
-    """A loaded model that answers :class:`EvalItem` prompts in batches with greedy decoding."""
+    """Answers :class:`EvalItem` prompts in batches with greedy decoding on the inference engine, so the
+    prompt, image, answer prefix and detokenisation are exactly what ``serve`` and ``generate`` use."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: str, max_new_tokens: int = 64,
+    def __init__(self, engine: Engine, template: str, max_new_tokens: int = 64,
                  system_prompt: Optional[str] = None):
-        from mmtune.data.images import ImageTransform
-        from mmtune.models.vision import resolve_image_settings
-
-        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        self.engine, self.template = engine, template
         self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
-        self.transform = (ImageTransform.from_settings(resolve_image_settings(model.vision_cfg))
-                          if model.vision is not None else None)
-        self.image_position = "after_bos" if model.connector_cfg.kind == "qformer" else "placeholder"
 
     @classmethod
     def from_dir(cls, model_dir: str, template: str, max_new_tokens: int = 64,
                  system_prompt: Optional[str] = None) -> "Predictor":
         """Loads a saved-model directory on the CPU; ``system_prompt`` as ``data.system_prompt`` in training."""
-        from mmtune.models.io import load_model, load_tokenizer
+        return cls(Engine.from_dir(model_dir, template=template), template, max_new_tokens, system_prompt)
 
-        return cls(load_model(model_dir), load_tokenizer(model_dir), template, max_new_tokens, system_prompt)
+    def request(self, record: Record) -> ChatRequest:
+        """The engine request of one prompt record (greedy, the record's own template if it has one)."""
+        return ChatRequest(messages=list(record.messages), image=_image_bytes(record.image), prefix=record.prefix,
+                           template=record.template or self.template, system_prompt=self.system_prompt,
+                           max_new_tokens=self.max_new_tokens, temperature=0.0)
 
-    def _prompt(self, record: Record) -> list[int]:
-        from mmtune.data.encode import encode_prompt
-
-        return encode_prompt(record, self.tokenizer, record.template or self.template,
-                             num_image_tokens=self.model.num_image_tokens,
-                             image_position=self.image_position,
-                             system_prompt=self.system_prompt).input_ids.tolist()
-
-    @torch.inference_mode()
     def answer(self, records: Sequence[Record]) -> list[str]:
-        """Greedy answers to one batch of prompts; a caption prefix is kept at the answer's start."""
-        from mmtune.models.generate import SamplingParams, generate
-
-        prompts = [self._prompt(r) for r in records]
-        images = [self.transform(r.image) for r in records if r.image is not None and self.transform]
-        pixels = torch.stack(images).to(self.model.llm.tok_embeddings.weight.dtype) if images else None
-        params = SamplingParams(max_new_tokens=self.max_new_tokens, stop_ids=(self.tokenizer.eos_id,))
-        outs = generate(self.model, prompts, pixels, params)
-        texts = [self.tokenizer.decode(ids).strip() for ids in outs]
-        return [f"{r.prefix} {t}".strip() if r.prefix else t for r, t in zip(records, texts)]
+        """Greedy answers to one batch of prompts; a prefix is kept at the answer's start (as ``mmtune
+        generate`` prints it)."""
+        completions = self.engine.run_batch([self.engine.prepare(self.request(r)) for r in records])
+        return [(r.prefix or "") + c.text for r, c in zip(records, completions)]
 
     def predict(self, items: list[EvalItem], batch_size: int = 32, desc: str = "eval") -> list[EvalItem]:
         """Fills ``item.prediction`` for every item (text-only and image prompts batch separately)."""

@@ -1,28 +1,29 @@
-"""The inference engine: a saved model, its tokenizer and image transform, and the prompt templates.
+"""The inference engine: a saved model and its :class:`~mmtune.data.processor.Processor`.
 
-:meth:`Engine.prepare` turns a :class:`~mmtune.serving.request.ChatRequest` into prompt token ids
-(rendered by the data layer's templates, exactly as training renders them), pixel values and
-sampling parameters; :meth:`Engine.run` generates with :func:`mmtune.models.generate.generate` and
-streams text through ``on_text``. :meth:`Engine.score` gives per-token log-probabilities of an
+:meth:`Engine.prepare` turns a :class:`~mmtune.inference.request.ChatRequest` into prompt token ids
+(rendered by the processor, exactly as training renders them), pixel values and sampling parameters; :meth:`Engine.run` generates with :func:`mmtune.models.generate.generate` and
+streams text through ``on_text``; :meth:`Engine.run_batch` answers several prepared requests in one
+left-padded batch (``mmtune generate --batch`` and evaluation). :meth:`Engine.score` gives per-token log-probabilities of an
 answer. User mistakes (unknown template, unreadable image, prompt too long) raise
 :class:`~mmtune.errors.MMTuneError` subclasses from ``prepare``, before any model work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
+from mmtune.data.processor import Processor
 from mmtune.data.records import Message, Record
-from mmtune.errors import ConfigError, DataError
+from mmtune.errors import CheckpointError, ConfigError, DataError
 from mmtune.models.generate import SamplingParams, generate
-from mmtune.serving.prompt import PromptRenderer
-from mmtune.serving.request import ChatRequest, Completion
-from mmtune.serving.textstream import TextStream
+from mmtune.inference.request import ChatRequest, Completion
+from mmtune.inference.textstream import TextStream
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +55,15 @@ class Score:
 class Engine:
     """Everything needed to answer requests with one model on one device."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_transform: Optional[Callable[[Any], torch.Tensor]],
-                 renderer: PromptRenderer, default_template: str = "alpaca"):
-        if default_template not in renderer.templates():
-            raise ConfigError("template", default_template, "one of " + ", ".join(renderer.templates()))
+    def __init__(self, model: torch.nn.Module, processor: Processor, default_template: str = "alpaca"):
+        if default_template not in processor.templates():
+            raise ConfigError("template", default_template, "one of " + ", ".join(processor.templates()))
+        if processor.num_image_tokens != model.num_image_tokens:
+            raise CheckpointError(f"the processor places {processor.num_image_tokens} tokens per image, the model "
+                                  f"takes {model.num_image_tokens}")
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_transform = image_transform
-        self.renderer = renderer
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
         self.default_template = default_template
         self.max_seq_len = int(model.llm.cfg.max_seq_len)
         weight = model.llm.tok_embeddings.weight
@@ -71,20 +73,19 @@ class Engine:
     def from_dir(cls, model_dir: str | Path, *, device: str = "cpu", dtype: Optional[torch.dtype] = None,
                  template: str = "alpaca", max_image_pixels: Optional[int] = None) -> "Engine":
         """Loads a saved-model directory (``mmtune init``, ``mmtune export``, ``mmtune convert`` write one)."""
-        from mmtune.serving.loading import load_for_serving
+        from mmtune.models.io import load_model
 
-        model, tokenizer, transform, renderer = load_for_serving(model_dir, device=device, dtype=dtype,
-                                                                 max_image_pixels=max_image_pixels)
-        return cls(model, tokenizer, transform, renderer, template)
+        processor = Processor.from_saved_model(model_dir).with_max_image_pixels(max_image_pixels)
+        return cls(load_model(model_dir, device=device, dtype=dtype), processor, template)
 
     def describe(self) -> dict:
         """What front ends show: the template names and the default."""
-        return {"templates": self.renderer.templates(), "default_template": self.default_template,
+        return {"templates": self.processor.templates(), "default_template": self.default_template,
                 "max_seq_len": self.max_seq_len}
 
     def _record(self, request: ChatRequest, answer: Optional[str] = None) -> Record:
         messages = list(request.messages)
-        if request.system_prompt:
+        if request.system_prompt is not None:  # "" is a prompt too: no system sentence, as data.system_prompt ""
             messages = [Message("system", request.system_prompt)] + [m for m in messages if m.role != "system"]
         if answer is not None:
             messages.append(Message("assistant", answer))
@@ -93,14 +94,14 @@ class Engine:
     def _pixels(self, image: Optional[bytes]) -> Optional[torch.Tensor]:
         if image is None:
             return None
-        if self.image_transform is None:
+        if self.processor.image_transform is None:
             raise DataError("this model has no vision tower; send text only")
-        return self.image_transform(image).unsqueeze(0)
+        return self.processor.image_transform(image).unsqueeze(0)
 
     def prepare(self, request: ChatRequest) -> Prepared:
         """Renders the prompt and decodes the image; raises MMTuneError for user mistakes."""
         template = request.template or self.default_template
-        prompt_ids = self.renderer.generation_prompt(self._record(request), template)
+        prompt_ids = self.processor.generation_prompt(self._record(request), template)
         room = self.max_seq_len - len(prompt_ids)
         if room <= 0:
             raise DataError(f"the prompt takes {len(prompt_ids)} tokens; the model holds {self.max_seq_len}")
@@ -124,18 +125,24 @@ class Engine:
         return self.run(self.prepare(request), on_text)
 
     def run_batch(self, batch: list[Prepared]) -> list[Completion]:
-        """Generates several prepared requests in one left-padded batch (they must share sampling params)."""
-        params = batch[0].params
-        assert all(p.params == params for p in batch), "a batch shares one set of sampling params"
+        """Generates several prepared requests in one left-padded batch.
+
+        They share their sampling params but for ``max_new_tokens``, which ``prepare`` may have lowered
+        to fit a long prompt: the batch gets the largest, and generation stops where the longest prompt
+        fills the context, as one request alone would."""
+        params = dataclasses.replace(batch[0].params, max_new_tokens=max(p.params.max_new_tokens for p in batch))
+        assert all(dataclasses.replace(p.params, max_new_tokens=params.max_new_tokens) == params for p in batch), \
+            "a batch shares one set of sampling params"
         images = [p.pixel_values for p in batch if p.pixel_values is not None]
         pixels = torch.cat(images).to(self.device, self.dtype) if images else None
         outs = generate(self.model, [p.prompt_ids for p in batch], pixels, params)
+        budget = min(params.max_new_tokens, self.max_seq_len - max(len(p.prompt_ids) for p in batch))
         completions = []
         for prepared, ids in zip(batch, outs):
             stream = TextStream(self.tokenizer, prepared.prompt_ids[-1], prepared.keep_leading_space)
             for token in ids:
                 stream.push(token)
-            finish = "length" if len(ids) >= params.max_new_tokens else "stop"
+            finish = "length" if len(ids) >= budget else "stop"
             completions.append(Completion(stream.finish(), ids, len(prepared.prompt_ids), finish))
         return completions
 
@@ -143,7 +150,7 @@ class Engine:
     def score(self, request: ChatRequest, answer: str, with_eos: bool = False) -> Score:
         """Log-probabilities of ``answer``'s tokens after the rendered prompt (as training tokenises it)."""
         template = request.template or self.default_template
-        prompt_ids, answer_ids = self.renderer.prompt_and_answer(self._record(request, answer), template, with_eos)
+        prompt_ids, answer_ids = self.processor.prompt_and_answer(self._record(request, answer), template, with_eos)
         if not answer_ids:
             raise DataError("the answer is empty: nothing to score")
         ids = prompt_ids + answer_ids

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from mmtune.errors import MMTuneError
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.request import ChatRequest, Completion
 from mmtune.serving.schema import (RequestError, chunk_body, completion_body, error_body, new_id,
                                    parse_request, usage)
 from mmtune.serving.worker import Overloaded, Worker
@@ -36,7 +36,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 class ServingEngine(Protocol):
-    """What the server needs from an engine (:class:`mmtune.serving.engine.Engine` is one)."""
+    """What the server needs from an engine (:class:`mmtune.inference.engine.Engine` is one)."""
 
     def prepare(self, request: ChatRequest) -> Any: ...
 

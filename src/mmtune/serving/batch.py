@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from mmtune.data.records import Message
 from mmtune.errors import DataError, MMTuneError
-from mmtune.serving.engine import Engine, Prepared
-from mmtune.serving.request import ChatRequest
+from mmtune.inference.engine import Engine, Prepared
+from mmtune.inference.request import ChatRequest
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from mmtune.data.records import IMAGE_MARKER, Message
 from mmtune.errors import MMTuneError
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.request import ChatRequest, Completion
 
 HELP = ("commands: /image PATH (attach an image; starts a new conversation), /reset (forget the "
         "conversation), /help, /quit")

@@ -10,17 +10,18 @@ the followers ignore SIGINT/SIGTERM and wait for that stop.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
 import random
 import signal
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mmtune.serving.engine import Engine, Prepared
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.engine import Engine, Prepared
+from mmtune.inference.request import ChatRequest, Completion
+
+if TYPE_CHECKING:
+    from mmtune.serving.api import ServerSettings
 
 logger = logging.getLogger(__name__)
 DAY_MINUTES = 24 * 60.0
@@ -94,37 +95,26 @@ def shard_for_inference(engine: Engine, tp_mesh: Any) -> None:
                                   n_kv_heads=(cfg.n_kv_heads or cfg.n_heads) // tp)
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from mmtune.serving.api import ServerSettings
-
-    return ServerSettings(model_name=args.name or Path(args.model).resolve().name,
-                          api_key=args.api_key or os.environ.get("MMTUNE_API_KEY") or None,
-                          max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pending=args.max_pending,
-                          default_max_tokens=args.max_new_tokens)
-
-
-def serve_from_args(args: argparse.Namespace) -> int:
-    """Loads the model (split over the ranks under torchrun) and serves until stopped."""
+def serve(load_engine: Callable[[Optional[str]], Engine], settings: "ServerSettings", host: str, port: int,
+          model: str) -> int:
+    """Loads ``model`` with ``load_engine(device)`` (split over the ranks under torchrun; device None is
+    the caller's choice) and serves it with ``settings`` on ``host:port`` until stopped."""
     import torch
-
-    from mmtune.serving.cli_support import engine_from_args
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        engine = engine_from_args(args)
-        _serve(engine, args)
+        _serve(load_engine(None), settings, host, port, model)
         return 0
     from mmtune.distributed.env import init_distributed, shutdown
 
     env = init_distributed(tp=world, timeout_minutes=7 * DAY_MINUTES)
-    args.device = str(env.device)
     torch.manual_seed(0)
-    holder = {"engine": engine_from_args(args)}
+    holder = {"engine": load_engine(str(env.device))}
     shard_for_inference(holder["engine"], env.tp_mesh)
     if env.is_main:
         leader = LeaderEngine(holder["engine"])
         try:
-            _serve(leader, args)
+            _serve(leader, settings, host, port, model)
         finally:
             leader.stop()
     else:
@@ -135,16 +125,16 @@ def serve_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(engine: Any, args: argparse.Namespace) -> None:
+def _serve(engine: Any, settings: "ServerSettings", host: str, port: int, model: str) -> None:
     from mmtune.serving.api import create_app
     from mmtune.serving.server import make_server
 
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s: reachable from other machines%s", args.host,
-                       "" if args.api_key or os.environ.get("MMTUNE_API_KEY") else " and without an API key")
-    app = create_app(engine, _settings(args))
-    logger.info("serving %s on http://%s:%d (web page at /, API at /v1)", args.model, args.host, args.port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s: reachable from other machines%s", host,
+                       "" if settings.api_key else " and without an API key")
+    app = create_app(engine, settings)
+    logger.info("serving %s on http://%s:%d (web page at /, API at /v1)", model, host, port)
     try:
-        make_server(app, args.host, args.port).run()
+        make_server(app, host, port).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the server has stopped cleanly
         logger.info("server stopped")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmtune.data.records import IMAGE_MARKER, Message
 from mmtune.errors import MMTuneError
-from mmtune.serving.request import ChatRequest, Completion
+from mmtune.inference.request import ChatRequest, Completion
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
 
