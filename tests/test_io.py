@@ -14,9 +14,10 @@ import mmtune
 from mmtune import presets
 from mmtune.config import Config, build
 from mmtune.errors import CheckpointError
-from mmtune.models.io import load_model, load_tokenizer, read_weights, save_model
+from mmtune.models.io import load_model, load_tokenizer, save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import VisionLanguageModel, build_model
+from mmtune.models.weights import read_weights
 
 LLM = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 32000, "max_seq_len": 64}
 

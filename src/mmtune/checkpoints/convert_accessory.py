@@ -19,11 +19,11 @@ import torch
 
 from mmtune.checkpoints.convert_meta import embedding_rows, merged_tensors
 from mmtune.checkpoints.pipeline import Source, Tensors, vision_prefix
-from mmtune.checkpoints.reading import (iter_safetensors, load_torch, numbered_shards, read_json,
-                                        safetensors_files, tensors_of)
+from mmtune.checkpoints.reading import load_torch, numbered_shards, read_json, tensors_of
 from mmtune.config import ConnectorConfig, VisionConfig, build
 from mmtune.errors import CheckpointError
 from mmtune.models.adapters import accessory
+from mmtune.models.weights import iter_safetensors, safetensors_files
 
 log = logging.getLogger(__name__)
 
