@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmtune.checkpoints.reading import load_torch
+from mmtune.formats.reading import load_torch
 from mmtune.config import Config, build
 from mmtune.errors import CheckpointError
 from mmtune.models.io import load_model, save_model

@@ -171,7 +171,7 @@ def write_saved_model(source: Source, out: str | Path, tokenizer_path: Optional[
     ``dtype`` casts floating tensors (None keeps the checkpoint's); the weights stream into shards of
     ``max_shard_bytes`` (default 5 GiB).
     """
-    from mmtune.checkpoints.card import conversion_card
+    from mmtune.formats.card import conversion_card
     from mmtune.models.io import TIED_OUTPUT
     from mmtune.models.weights import DEFAULT_SHARD_BYTES, ShardedWriter, write_model_config
 
