@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import Blip2Config, Blip2Model
 
-from mmtune.checkpoints.convert_accessory import accessory_source
-from mmtune.checkpoints.pipeline import write_saved_model
+from mmtune.formats.convert_accessory import accessory_source
+from mmtune.formats.pipeline import write_saved_model
 from mmtune.cli import main
 from mmtune.config import VisionConfig, build
 from mmtune.errors import CheckpointError

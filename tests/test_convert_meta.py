@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtune.checkpoints.convert_meta import meta_source
-from mmtune.checkpoints.pipeline import write_saved_model
-from mmtune.checkpoints.reading import load_torch
+from mmtune.formats.convert_meta import meta_source
+from mmtune.formats.pipeline import write_saved_model
+from mmtune.formats.reading import load_torch
 from mmtune.cli import main
 from mmtune.config import ModelConfig
 from mmtune.errors import CheckpointError

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
 
-from mmtune.checkpoints.export_hf import export
+from mmtune.formats.export_hf import export
 from mmtune.cli import main
 from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.images import ImageTransform

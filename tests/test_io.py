@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 import mmtune
 from mmtune import presets
 from mmtune.config import Config, build
 from mmtune.errors import CheckpointError
-from mmtune.models.io import load_model, load_tokenizer, read_weights, save_model
+from mmtune.models.io import load_model, load_tokenizer, save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import VisionLanguageModel, build_model
+from mmtune.models.weights import read_weights
 
 LLM = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 32000, "max_seq_len": 64}
 
@@ -187,3 +189,15 @@ def test_corrupt_weights_file_is_a_checkpoint_error(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["saved_model_v1", "saved_model_v1_sharded"])
+def test_directories_written_by_older_mmtune_still_load(name: str) -> None:
+    """Directories written at d4ae1c8 (tests/fixtures/saved_model_v1/README.md) load and give the logits
+    recorded when they were written."""
+    directory = Path(__file__).parent / "fixtures" / name
+    expected = load_file(str(directory / "expected.safetensors"))
+    model = load_model(directory)
+    with torch.no_grad():
+        logits = model(expected["input_ids"], expected.get("pixel_values"))
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=1e-5)

@@ -31,10 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mmtune.checkpoints.convert_accessory import accessory_source
-    from mmtune.checkpoints.convert_hf import hf_source
-    from mmtune.checkpoints.convert_meta import meta_source
-    from mmtune.checkpoints.pipeline import write_saved_model
+    from mmtune.formats.convert_accessory import accessory_source
+    from mmtune.formats.convert_hf import hf_source
+    from mmtune.formats.convert_meta import meta_source
+    from mmtune.formats.pipeline import write_saved_model
 
     tokenizer = getattr(args, "tokenizer", None)
     if args.source == "meta":

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtune.checkpoints.export_hf import export
+    from mmtune.formats.export_hf import export
     from mmtune.errors import ConfigError
 
     if args.llm_only and args.format != "hf":

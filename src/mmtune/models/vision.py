@@ -26,6 +26,7 @@ from torch import nn
 from mmtune import presets
 from mmtune.config import VisionConfig
 from mmtune.errors import CheckpointError, ConfigError
+from mmtune.models.weights import check_state_dict, read_weights
 
 _MODEL_TYPES = {  # vision.kind -> config.json model_type -> layout
     "clip": {"clip": "full", "clip_vision_model": "vision"},
@@ -148,8 +149,6 @@ class VisionTower(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Copies the tower's weights from a transformers checkpoint directory (safetensors only)."""
-        from mmtune.models.io import read_weights
-
         directory = Path(path)
         weights = read_weights(directory, select=self._select)
         if not any(k.startswith(self.checkpoint_prefixes) for k in weights):
@@ -163,23 +162,6 @@ class VisionTower(nn.Module):
     def _select(key: str) -> bool:
         """Keys worth reading from a checkpoint (a full checkpoint's text/language model is skipped)."""
         return not key.startswith(_FOREIGN_PREFIXES)
-
-
-def check_state_dict(module: nn.Module, weights: dict[str, torch.Tensor], where: str,
-                     allowed_missing: tuple[str, ...] = ()) -> None:
-    """Raises :class:`CheckpointError` listing missing, unexpected and wrongly shaped keys."""
-    expected = {k: v.shape for k, v in module.state_dict().items()}
-    missing = sorted(set(expected) - set(weights) - set(allowed_missing))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = [f"{k}: saved {list(weights[k].shape)} vs model {list(expected[k])}"
-              for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k]]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
-    if problems:
-        raise CheckpointError(f"{where}: " + "; ".join(problems))
 
 
 class PatchTower(VisionTower):

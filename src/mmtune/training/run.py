@@ -21,22 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def load_saved_weights(model: nn.Module, directory: str) -> None:
-    """Loads a saved-model directory's weights into ``model``.
+    """Loads a saved-model directory's weights into ``model`` (``models.io.load_weights_into``: parts the
+    directory has no weight of keep their fresh initialisation) and logs which parts stayed fresh."""
+    from mmtune.models.io import load_weights_into
 
-    A part (``llm``, ``vision``, ``connector``) the directory has no weight of keeps its fresh
-    initialisation (a text-only LLM converted with ``mmtune convert`` starts stage 1); within the parts
-    it has, every weight must be there with the right shape (CheckpointError otherwise).
-    """
-    from mmtune.models.io import read_weights
-    from mmtune.models.vision import check_state_dict
-
-    weights = read_weights(directory)
-    present = {key.split(".", 1)[0] for key in weights}
-    fresh = tuple(k for k in model.state_dict() if k.split(".", 1)[0] not in present)
-    tied = ("llm.output.weight",) if model.model_cfg.tie_embeddings else ()
-    check_state_dict(model, weights, directory, allowed_missing=fresh + tied)
-    model.load_state_dict(weights, strict=False)
-    kept = sorted({k.split(".", 1)[0] for k in fresh})
+    kept = load_weights_into(model, directory)
     log.info("initialised from saved model %s%s", directory, f" (fresh: {', '.join(kept)})" if kept else "")
 
 

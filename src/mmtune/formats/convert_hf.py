@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from mmtune.checkpoints.pipeline import Source, Tensors
-from mmtune.checkpoints.reading import iter_safetensors, read_json, safetensors_files
+from mmtune.formats.pipeline import Source, Tensors
+from mmtune.formats.reading import read_json
 from mmtune.config import ConnectorConfig, VisionConfig
 from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict
+from mmtune.models.weights import iter_safetensors, safetensors_files
 
 
 def hf_source(model_dir: str | Path) -> Source:

@@ -17,13 +17,13 @@ from typing import Any, Optional
 
 import torch
 
-from mmtune.checkpoints.convert_meta import embedding_rows, merged_tensors
-from mmtune.checkpoints.pipeline import Source, Tensors, vision_prefix
-from mmtune.checkpoints.reading import (iter_safetensors, load_torch, numbered_shards, read_json,
-                                        safetensors_files, tensors_of)
+from mmtune.formats.convert_meta import embedding_rows, merged_tensors
+from mmtune.formats.pipeline import Source, Tensors, vision_prefix
+from mmtune.formats.reading import load_torch, numbered_shards, read_json, tensors_of
 from mmtune.config import ConnectorConfig, VisionConfig, build
 from mmtune.errors import CheckpointError
 from mmtune.models.adapters import accessory
+from mmtune.models.weights import iter_safetensors, safetensors_files
 
 log = logging.getLogger(__name__)
 

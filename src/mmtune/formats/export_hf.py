@@ -21,10 +21,10 @@ from typing import Any, Optional
 
 import torch
 
-from mmtune.checkpoints.card import find_run_info, release_card
-from mmtune.checkpoints.pipeline import check_absent, finish_output, fresh_output
-from mmtune.checkpoints.writer import ShardedWriter
+from mmtune.formats.card import find_run_info, release_card
+from mmtune.formats.pipeline import check_absent, finish_output, fresh_output
 from mmtune.errors import CheckpointError
+from mmtune.models.weights import ShardedWriter, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,6 @@ def _is_training_checkpoint(path: Path) -> bool:
 def _card(out: Path, fmt: str, places: list[Optional[Path]]) -> None:
     config = json.loads((out / "config.json").read_text())
     if "text_config" in config or "model" not in config:
-        from mmtune.models.io import read_model_config
-
         config = read_model_config(places[0])  # type: ignore[arg-type]
     recipe, metrics = find_run_info(*places)
     usage = {"mmtune": f"mmtune chat --model {out.name}",

@@ -1,8 +1,8 @@
-"""Safe readers for checkpoint files: ``torch.load(weights_only=True)``, safetensors, JSON.
+"""Safe readers for foreign checkpoint files: ``torch.load(weights_only=True)``, JSON, numbered shards.
 
-Every failure a user can cause (a missing file, a pickle that would run code, a truncated file, a
-sharded safetensors index naming absent files) becomes a :class:`CheckpointError` saying which file
-and what is wrong.
+Every failure a user can cause (a missing file, a pickle that would run code, a truncated file, a gap in
+numbered shards) becomes a :class:`CheckpointError` saying which file and what is wrong. Safetensors files
+(saved models, Hugging Face directories) are read by :mod:`mmtune.models.weights`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmtune.errors import CheckpointError
-from mmtune.models.io import index_shard_names
 
 log = logging.getLogger(__name__)
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
@@ -98,36 +94,3 @@ def numbered_shards(directory: str | Path, pattern: str) -> list[Path]:
     if missing or len(found) != expected:
         raise CheckpointError(f"{directory}: missing shards {missing} of {expected}")
     return [found[i] for i in range(expected)]
-
-
-def safetensors_files(directory: str | Path) -> list[Path]:
-    """The safetensors files of a Hugging Face-style directory: one ``model.safetensors`` or the
-    files named by ``model.safetensors.index.json`` (all of which must exist)."""
-    directory = Path(directory)
-    index = directory / SAFETENSORS_INDEX
-    if index.is_file():
-        names = index_shard_names(index)
-        missing = [n for n in names if not (directory / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{directory}: missing shards named by the index: {missing}")
-        return [directory / n for n in names]
-    single = directory / "model.safetensors"
-    if single.is_file():
-        return [single]
-    others = sorted(directory.glob("*.safetensors"))
-    if len(others) == 1:
-        return others
-    raise CheckpointError(f"{directory}: no model.safetensors (nor an index of shards)")
-
-
-def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields ``(name, tensor)`` from safetensors ``files`` one tensor at a time (memory-mapped)."""
-    from safetensors import SafetensorError, safe_open
-
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for name in handle.keys():
-                    yield name, handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot be read as safetensors: {exc}") from None

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from mmtune.checkpoints.pipeline import Source, Tensors
-from mmtune.checkpoints.reading import load_torch, numbered_shards, read_json, tensors_of
+from mmtune.formats.pipeline import Source, Tensors
+from mmtune.formats.reading import load_torch, numbered_shards, read_json, tensors_of
 from mmtune.config import ConnectorConfig, VisionConfig
 from mmtune.errors import CheckpointError
 from mmtune.models.adapters import meta

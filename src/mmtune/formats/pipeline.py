@@ -1,6 +1,6 @@
 """The path every format takes into mmtune: a :class:`Source` of renamed tensors, checked against the
-shapes of a ``VisionLanguageModel`` built on the meta device, then written (a saved-model directory)
-or collected (a state dict for ``training.init_from``).
+shapes of a ``VisionLanguageModel`` built on the meta device, then written as a saved-model directory
+(``models.weights.ShardedWriter``).
 
 A source yields ``(mmtune key, tensor)`` pairs one at a time, so writing streams: at most one output
 shard plus one tensor is in memory. Unknown keys, wrong shapes and missing keys are reported together
@@ -124,24 +124,15 @@ def load_tokenizer_for(source: Source, tokenizer_path: Optional[str | Path] = No
     return tokenizer
 
 
-def collect(source: Source, image_token_id: int) -> dict[str, torch.Tensor]:
-    """The whole checked state dict of ``source`` in memory (for ``training.init_from``)."""
-    shapes = expected_shapes(source, image_token_id)
-    return dict(checked(source, shapes))
-
-
 def _saved_config(source: Source, image_token_id: int) -> dict:
-    """The ``config.json`` of the saved-model directory (``models/io.py``'s layout)."""
-    from dataclasses import asdict
-
-    from mmtune.models import io
-    from mmtune.models.vision import build_tower, saved_vision_config
+    """The ``config.json`` of the saved-model directory (the tower is built on the meta device for its
+    resolved transformers config)."""
+    from mmtune.models.io import saved_config
+    from mmtune.models.vision import build_tower
 
     with torch.device("meta"):
         tower = build_tower(source.vision)
-    return {"format": io.FORMAT, "format_version": io.FORMAT_VERSION, "image_token_id": image_token_id,
-            "model": asdict(source.model), "vision": saved_vision_config(source.vision, tower),
-            "connector": asdict(source.connector)}
+    return saved_config(source.model, source.vision, source.connector, image_token_id, tower)
 
 
 def check_absent(out: str | Path) -> Path:
@@ -180,16 +171,15 @@ def write_saved_model(source: Source, out: str | Path, tokenizer_path: Optional[
     ``dtype`` casts floating tensors (None keeps the checkpoint's); the weights stream into shards of
     ``max_shard_bytes`` (default 5 GiB).
     """
-    import json
-
-    from mmtune.checkpoints.card import conversion_card
-    from mmtune.checkpoints.writer import DEFAULT_SHARD_BYTES, ShardedWriter
+    from mmtune.formats.card import conversion_card
+    from mmtune.models.io import TIED_OUTPUT
+    from mmtune.models.weights import DEFAULT_SHARD_BYTES, ShardedWriter, write_model_config
 
     out, tmp = fresh_output(out)
     tokenizer = load_tokenizer_for(source, tokenizer_path)
     shapes = expected_shapes(source, tokenizer.image_token_id)
     writer = ShardedWriter(tmp, max_shard_bytes or DEFAULT_SHARD_BYTES, dtype=dtype)
-    tied = "llm.output.weight" if source.model.tie_embeddings else None
+    tied = TIED_OUTPUT if source.model.tie_embeddings else None
     n_params = 0
     for key, tensor in checked(source, shapes):
         if key != tied:
@@ -197,7 +187,7 @@ def write_saved_model(source: Source, out: str | Path, tokenizer_path: Optional[
             writer.add(key, tensor)
     writer.close()
     config = _saved_config(source, tokenizer.image_token_id)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    write_model_config(tmp, config)
     tokenizer.save(tmp)
     (tmp / "README.md").write_text(card or conversion_card(config, source.description, n_params))
     log.info("wrote %s (%s parameters)", out, f"{n_params:,}")
