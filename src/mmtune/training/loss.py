@@ -14,9 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmtune.data.encode import IGNORE_INDEX
 from mmtune.distributed.env import all_reduce_sum
-
-IGNORE_INDEX = -100
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
