@@ -154,7 +154,8 @@ def _survey(source: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any,
     """(first usable sample, counts) over the first ``limit`` records of ``source``."""
     from tqdm import tqdm
 
-    from mmtune.data.badrecords import BadRecord, DataStats
+    from mmtune.data.badrecords import BadRecord
+    from mmtune.data.stats import DataStats
     from mmtune.data.loader import encode_counted
     from mmtune.errors import DataError
 

@@ -36,7 +36,7 @@ Workers. With ``data.num_workers`` > 0 a torch DataLoader runs the pipeline in w
 ``w`` producing every ``num_workers``-th micro-batch; images are decoded there, only for the rows this rank
 takes; on a machine with CUDA the batches come back in pinned memory, so the copy to the GPU overlaps
 compute. A sample whose image cannot be decoded is blanked out of its row
-(:func:`~mmtune.data.badrecords.decode_row_images`). Bad records are counted per source; past
+(:func:`~mmtune.data.images.decode_row_images`). Bad records are counted per source; past
 ``data.max_bad_fraction`` the loader raises :class:`~mmtune.errors.DataError` naming the worst sources.
 """
 
@@ -53,13 +53,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtune.config import Config, DataConfig
-from mmtune.data.badrecords import BadRecord, DataStats, LocatedImage, decode_row_images
+from mmtune.data.badrecords import BadRecord
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
-from mmtune.data.images import ImageTransform
+from mmtune.data.images import ImageTransform, LocatedImage, decode_row_images
 from mmtune.data.mixture import epoch_order, interleave, open_sources
 from mmtune.data.packing import Packer, Row, collate
 from mmtune.data.records import Record
 from mmtune.data.sources import MapSource, ShardSource, Source
+from mmtune.data.stats import DataStats
 from mmtune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def encode_counted(encoder: RecordEncoder, item: Union[Record, BadRecord], stats
                    ) -> Optional[EncodedSample]:
     """Encodes a record read from a source, counting it in ``stats``; None for bad or skipped records.
 
-    The image is wrapped in a :class:`~mmtune.data.badrecords.LocatedImage` so that a decoding failure
+    The image is wrapped in a :class:`~mmtune.data.images.LocatedImage` so that a decoding failure
     later names where the record came from.
     """
     if isinstance(item, BadRecord):
