@@ -4,7 +4,7 @@ API the trainer calls (stable)::
 
     loader = build_loader(cfg, tokenizer, num_image_tokens=N, image_position="placeholder" | "after_bos",
                           image_settings=ImageSettings | None, rank=r, world_size=W, seed=s)
-    for batch in loader: ...        # one epoch of this rank's micro-batches (dicts, docs/architecture.md)
+    for batch in loader: ...        # one epoch of this rank's micro-batches (Batch, docs/architecture.md)
     loader.state_dict() / loader.load_state_dict(state)
     loader.stats()                  # per-source samples, bad, truncated, skipped; padding fraction
     loader.epoch                    # the epoch the next row belongs to
@@ -13,8 +13,8 @@ API the trainer calls (stable)::
 Helpers: :func:`make_encoder` (the configured record encoder), :func:`encode_counted` (encode one record
 read from a source, counting it), :func:`map_rows` (the global row sequence of map mode).
 
-Each batch holds ``cfg.training.micro_batch_size`` rows plus the counts :func:`~mmtune.data.packing.collate`
-adds (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``).
+Each :class:`~mmtune.data.batch.Batch` holds ``cfg.training.micro_batch_size`` rows plus the counts
+:func:`~mmtune.data.packing.collate` adds (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``).
 
 Map mode (every source has random access: manifests, Alpaca, LLaVA). An epoch's global order comes from
 :func:`~mmtune.data.mixture.epoch_order` (seeded by ``(seed, epoch)``), samples are encoded and packed in
@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtune.config import Config, DataConfig
 from mmtune.data.badrecords import BadRecord
+from mmtune.data.batch import Batch
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
 from mmtune.data.images import ImageTransform, LocatedImage, decode_row_images
 from mmtune.data.mixture import epoch_order, interleave, open_sources
@@ -132,14 +133,14 @@ class _Plan:
                 yield from packer.push(sample)
         yield from packer.flush()
 
-    def collate(self, rows: list[Row], stats: DataStats) -> dict:
+    def collate(self, rows: list[Row], stats: DataStats) -> Batch:
         """Decodes the rows' images and stacks them into a batch (counting rows and padding)."""
         if self.transform is not None:
             rows = [decode_row_images(r, self.transform, self.image_token_id, stats) for r in rows]
         batch = collate(rows)
         stats.rows += len(rows)
-        stats.tokens += int(batch["num_tokens"])
-        stats.padding += int(batch["num_padding"])
+        stats.tokens += batch.num_tokens
+        stats.padding += batch.num_padding
         return batch
 
 
@@ -212,7 +213,7 @@ class _MapStream(IterableDataset):
     def __init__(self, plan: _Plan, position: tuple[int, int]):
         self.plan, self.position = plan, position
 
-    def __iter__(self) -> Iterator[tuple[dict, _Meta]]:
+    def __iter__(self) -> Iterator[tuple[Batch, _Meta]]:
         w, n = _worker()
         stats = DataStats()
         lo, hi = self.plan.rank * self.plan.micro, (self.plan.rank + 1) * self.plan.micro
@@ -254,7 +255,7 @@ class _ShardStream(IterableDataset):
     def __init__(self, plan: _Plan, epoch: int, skip: tuple[int, ...]):
         self.plan, self.epoch, self.skip = plan, epoch, skip
 
-    def __iter__(self) -> Iterator[tuple[dict, _Meta]]:
+    def __iter__(self) -> Iterator[tuple[Batch, _Meta]]:
         w, n = _worker()
         plan, reader, readers = self.plan, self.plan.rank * n + w, self.plan.world * n
         streams = [_reader_items(plan, s, self.epoch, reader, readers) for s in range(len(plan.sources))]
@@ -277,13 +278,14 @@ class _ShardStream(IterableDataset):
         if chunk and made + 1 > skip:
             yield self._batch(chunk, stats, w, made + 1)
 
-    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int) -> tuple[dict, _Meta]:
+    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int) -> tuple[Batch, _Meta]:
         delta = stats.take()
         return self.plan.collate(rows, delta), _Meta(worker, (self.epoch, made), False, delta)
 
 
 class Loader:
-    """Iterable over this rank's micro-batches, one epoch per iteration (see the module docstring)."""
+    """Iterable over this rank's micro-batches, one epoch per iteration (see the module docstring); the
+    :class:`~mmtune.data.batch.BatchLoader` the trainer takes."""
 
     def __init__(self, plan: _Plan, *, num_workers: int, max_bad_fraction: float):
         self._plan, self._num_workers, self._max_bad = plan, num_workers, max_bad_fraction
@@ -325,7 +327,7 @@ class Loader:
             for report in reports:
                 log.warning("bad record skipped: %s", report)
 
-    def _iterator(self) -> Iterator[tuple[dict, _Meta]]:
+    def _iterator(self) -> Iterator[tuple[Batch, _Meta]]:
         if self.streaming:
             dataset: IterableDataset = _ShardStream(self._plan, self._position[0], tuple(self._consumed))
         else:
@@ -336,7 +338,7 @@ class Loader:
         return iter(DataLoader(dataset, batch_size=None, num_workers=self._num_workers, collate_fn=_identity,
                                pin_memory=torch.cuda.is_available()))
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         for batch, meta in self._iterator():
             if self.streaming:
                 self._consumed[meta.worker] = meta.position[1]
