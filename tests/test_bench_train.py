@@ -12,6 +12,7 @@ from mmtune import cli
 from mmtune.bench.synthetic import MixtureSpec, synthetic_mixture, synthetic_photos
 from mmtune.bench.train import hf_inputs, plan_steps, run_train_bench
 from mmtune.config import load_config
+from mmtune.data.batch import Batch
 
 TINY_YAML = """
 model: {dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, vocab_size: 512, max_seq_len: 256}
@@ -74,8 +75,8 @@ def test_padded_plan_holds_the_samples_of_each_packed_step():
 
 
 def test_hf_inputs_unshift_the_labels_and_mask_padding():
-    batch = {"input_ids": torch.tensor([[1, 5, 6, 2, 0]]), "labels": torch.tensor([[-100, 6, 2, -100, -100]]),
-             "sample_ids": torch.tensor([[0, 0, 0, 0, -1]])}
+    batch = Batch.from_tensors(torch.tensor([[1, 5, 6, 2, 0]]), torch.tensor([[-100, 6, 2, -100, -100]]),
+                               torch.tensor([[0, 1, 2, 3, 0]]), torch.tensor([[0, 0, 0, 0, -1]]))
     out = hf_inputs(batch)
     assert out["labels"].tolist() == [[-100, -100, 6, 2, -100]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 0]]

@@ -65,3 +65,29 @@ def test_read_info_and_plain_load_refuse_what_they_cannot_read(tmp_path):
         ckpt.read_info(tmp_path)
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         ckpt.load_plain(tmp_path, torch.nn.Linear(2, 2))
+
+
+def test_a_checkpoint_written_before_stateful_states_resumes(tmp_path):
+    """``tests/fixtures/checkpoint_v1`` (``trainer_state.pt`` beside the DCP files) resumes with the same
+    step, scheduler, losses and final weights as the uninterrupted run of the code that wrote it."""
+    import json
+
+    from mmtune.models.vlm import build_model
+    from test_train_support import IMAGE_ID, read_metrics, tiny_config, train_in_process
+
+    fixture = ROOT / "tests/fixtures/checkpoint_v1"
+    expected = json.loads((fixture / "expected.json").read_text())
+    old = fixture / expected["resume_from"]
+    assert ckpt.is_checkpoint(old) and (old / ckpt.STATE_FILE).is_file()
+    cfg = tiny_config(tmp_path, *expected["overrides"])
+    last = train_in_process(cfg, resume=old)
+    resumed = read_metrics(tmp_path / "run")
+    want = expected["metrics"][2:]
+    assert [r["step"] for r in resumed] == [r["step"] for r in want] == [3, 4]
+    for key in ("loss", "lr", "grad_norm", "skipped_total"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in want], rel=1e-6), key
+    model = build_model(cfg, IMAGE_ID, device="cpu")
+    ckpt.load_plain(last, model)
+    sums = {k: float(v.double().sum()) for k, v in model.state_dict().items() if k.startswith("connector.")}
+    assert sums == pytest.approx(expected["final_connector_sums"], rel=1e-6)
+    assert not (last / ckpt.STATE_FILE).exists() and ckpt.read_info(last)["step"] == 4

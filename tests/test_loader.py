@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from data_factory import alpaca_items, config, llava_items, write_images, write_json, write_shards
 from mmtune.config import SourceConfig
+from mmtune.data.batch import Batch
 from mmtune.data.encode import IGNORE_INDEX
 from mmtune.data.loader import build_loader
 from mmtune.errors import DataError
@@ -45,15 +47,19 @@ def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b))
+def _same(a: list[Batch], b: list[Batch]) -> bool:
+    def fields(x: Batch) -> list:
+        return [getattr(x, f.name) for f in dataclasses.fields(x)]
+
+    return len(a) == len(b) and all(
+        all(torch.equal(u, v) if torch.is_tensor(u) and torch.is_tensor(v) else u == v
+            for u, v in zip(fields(x), fields(y))) for x, y in zip(a, b))
 
 
-def _answers(batch: dict, tok) -> list[str]:
+def _answers(batch: Batch, tok) -> list[str]:
     """The supervised text of each row (padded batching: one sample per row)."""
     out = []
-    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+    for ids, labels in zip(batch.input_ids, batch.labels):
         targets = labels[labels != IGNORE_INDEX]
         out.append(tok.decode([t for t in targets.tolist() if t != tok.eos_id]).strip())
     return out
@@ -64,11 +70,11 @@ def test_batches_mix_text_only_and_image_rows_with_the_documented_keys(mixed, to
     batches = list(loader)
     assert loader.rows_per_epoch == 23 and loader.epoch == 1
     first = batches[0]
-    assert first["input_ids"].shape == first["labels"].shape == (4, 64)
-    n_images = int((torch.cat([b["input_ids"] for b in batches]) == tok.image_token_id).sum()) // IMAGE_TOKENS
-    assert sum(b.get("pixel_values", torch.zeros(0)).shape[0] for b in batches) == n_images
-    assert any("pixel_values" in b and len(b["pixel_values"]) < 4 for b in batches)
-    assert first.get("pixel_values", torch.zeros(1, 3, 16, 16)).shape[1:] == (3, 16, 16)
+    assert first.input_ids.shape == first.labels.shape == (4, 64)
+    n_images = int((torch.cat([b.input_ids for b in batches]) == tok.image_token_id).sum()) // IMAGE_TOKENS
+    assert sum(len(b.pixel_values) for b in batches if b.pixel_values is not None) == n_images
+    assert any(b.pixel_values is not None and len(b.pixel_values) < 4 for b in batches)
+    assert first.pixel_values is None or first.pixel_values.shape[1:] == (3, 16, 16)
     answers = [a for b in batches for a in _answers(b, tok)]
     assert len(answers) == 24  # the last group is completed by the next epoch's first row
     assert sorted(answers[:23]) == sorted([f"Thing {i}." for i in range(14)] + [f"number {i}" for i in range(9)])
@@ -102,10 +108,9 @@ def test_two_ranks_consume_what_one_does_and_resume_on_one_rank(mixed, tok):
     its = [iter(r) for r in ranks]
     steps = 5
     interleaved = [_take(its[r], 1)[0] for _ in range(steps) for r in range(2)]
-    merged = [{k: torch.cat([a[k], b[k]]) if a[k].dim() else a[k] + b[k] for k in a if k in b}
-              for a, b in zip(interleaved[::2], interleaved[1::2])]
-    for got, want in zip(merged, single[:steps]):
-        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["labels"], want["labels"])
+    for a, b, want in zip(interleaved[::2], interleaved[1::2], single[:steps]):
+        assert torch.equal(torch.cat([a.input_ids, b.input_ids]), want.input_ids)
+        assert torch.equal(torch.cat([a.labels, b.labels]), want.labels)
     assert ranks[0].state_dict()["row"] == ranks[1].state_dict()["row"] == 2 * steps
     one = _loader(config(mixed, micro=2), tok)
     one.load_state_dict(ranks[1].state_dict())
@@ -123,11 +128,11 @@ def test_packed_rows_keep_samples_apart(mixed, tok):
     loader = _loader(config(mixed, micro=2, batching="packed", max_seq_len=96), tok)
     batches = list(loader)
     assert loader.rows_per_epoch < 23  # several samples share a row
-    ids = torch.cat([b["sample_ids"] for b in batches])
-    positions = torch.cat([b["positions"] for b in batches])
+    ids = torch.cat([b.sample_ids for b in batches])
+    positions = torch.cat([b.positions for b in batches])
     assert int(ids.max()) >= 1 and bool((positions[ids == 1] >= 0).all())
     assert bool((positions[:, 1:][ids[:, 1:] != ids[:, :-1]] <= 0).all())  # positions restart per sample
-    assert sum(int(b["num_samples"]) for b in batches) >= 23
+    assert sum(int(b.num_samples) for b in batches) >= 23
     padded = _loader(config(mixed, micro=2, batching="padded", max_seq_len=96), tok)
     list(padded)
     assert loader.stats()["padding_fraction"] < padded.stats()["padding_fraction"]
@@ -182,8 +187,8 @@ def test_a_corrupt_image_blanks_only_its_sample_in_a_packed_row(tmp_path, tok):
     loader = _loader(config([SourceConfig(path=str(path), image_root=str(tmp_path))], micro=1,
                             batching="packed", max_seq_len=128, max_bad_fraction=1.0), tok)
     (batch,) = list(loader)
-    assert batch["pixel_values"].shape[0] == 1 and int(batch["num_samples"]) == 1
-    assert int((batch["input_ids"] == tok.image_token_id).sum()) == IMAGE_TOKENS
+    assert batch.pixel_values.shape[0] == 1 and int(batch.num_samples) == 1
+    assert int((batch.input_ids == tok.image_token_id).sum()) == IMAGE_TOKENS
     assert loader.stats()["sources"]["l.json"]["bad"] == 1
 
 

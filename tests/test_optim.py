@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmtune.config import ModelConfig, TrainingConfig, load_config
+from mmtune.data.batch import Batch
 from mmtune.errors import ConfigError
 from mmtune.models.llama import Transformer
 from mmtune.models.vlm import build_model
@@ -70,7 +71,7 @@ def test_clip_matches_torch_and_leaves_nonfinite_gradients_alone():
     assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
 
 
-def _batch(ids: torch.Tensor, n_real: list[int]) -> dict:
+def _batch(ids: torch.Tensor, n_real: list[int]) -> Batch:
     """Rows of ``ids`` right-padded after ``n_real`` tokens, supervising the second half of each."""
     b, t = ids.shape
     labels = torch.full((b, t), -100)
@@ -78,8 +79,7 @@ def _batch(ids: torch.Tensor, n_real: list[int]) -> dict:
     for r, n in enumerate(n_real):
         labels[r, n // 2:n - 1] = ids[r, n // 2 + 1:n]
         sample_ids[r, :n] = 0
-    return {"input_ids": ids, "labels": labels, "positions": torch.arange(t).expand(b, t),
-            "sample_ids": sample_ids}
+    return Batch.from_tensors(ids, labels, torch.arange(t).expand(b, t), sample_ids)
 
 
 def test_loss_is_exact_under_accumulation_and_padding():
@@ -87,18 +87,17 @@ def test_loss_is_exact_under_accumulation_and_padding():
     ids = torch.randint(0, 64, (4, 12))
     lengths = [12, 5, 9, 3]
     full = _batch(ids, lengths)
-    logits = model(full["input_ids"], positions=full["positions"], sample_ids=full["sample_ids"])
-    reference = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), full["labels"].reshape(-1))
+    logits = model(full.input_ids, **full.model_inputs())
+    reference = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), full.labels.reshape(-1))
     reference.backward()
     want = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     micro = [_batch(ids[i:i + 1, :lengths[i]], [lengths[i]]) for i in range(4)]  # unpadded, one row each
     count = step_counts(micro)["supervised"]
-    assert count == int((full["labels"] != -100).sum()) and step_counts(micro)["samples"] == 4
+    assert count == int((full.labels != -100).sum()) == full.num_supervised and step_counts(micro)["samples"] == 4
     total = 0.0
     for b in micro:
-        loss = token_loss_sum(model(b["input_ids"], positions=b["positions"], sample_ids=b["sample_ids"]),
-                              b["labels"])
+        loss = token_loss_sum(model(b.input_ids, **b.model_inputs()), b.labels)
         (loss / count).backward()
         total += float(loss.detach())
     assert total / count == pytest.approx(float(reference.detach()), rel=1e-6)

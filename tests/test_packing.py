@@ -81,9 +81,9 @@ def test_padded_rows_hold_one_sample_each():
     assert [len(r) for r in rows] == [8, 8] and [r.num_samples for r in rows] == [1, 1]
     unpadded = list(Packer(8, PAD, "padded", pad_to_max=False).pack(samples))
     batch = collate(unpadded)
-    assert batch["input_ids"].shape == (2, 5)
-    assert batch["input_ids"][0].tolist() == [1, 5, 2, PAD, PAD]
-    assert batch["sample_ids"][0].tolist() == [0, 0, 0, -1, -1]
+    assert batch.input_ids.shape == (2, 5)
+    assert batch.input_ids[0].tolist() == [1, 5, 2, PAD, PAD]
+    assert batch.sample_ids[0].tolist() == [0, 0, 0, -1, -1]
 
 
 def test_grouped_rows_come_sorted_by_length_and_batches_pad_to_their_longest():
@@ -93,7 +93,7 @@ def test_grouped_rows_come_sorted_by_length_and_batches_pad_to_their_longest():
     rows = list(packer.pack(samples))
     assert [len(r) for r in rows] == [9, 4, 3, 8, 7, 2]
     batch = collate(rows[3:5])
-    assert batch["input_ids"].shape == (2, 8) and int(batch["num_padding"]) == 1
+    assert batch.input_ids.shape == (2, 8) and int(batch.num_padding) == 1
     assert packer.stats.padding == 0 and packer.stats.tokens == sum(lengths)
 
 
@@ -137,25 +137,25 @@ def test_collate_batch_contract_with_real_samples(tok, position):
     rows = list(Packer(96, tok.pad_id, "packed", open_rows=1).pack(samples))
     transform = ImageTransform(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "resize")
     batch = collate(rows, transform)
-    b, t = batch["input_ids"].shape
-    assert t == 96 and all(batch[k].shape == (b, t) and batch[k].dtype == torch.long
+    b, t = batch.input_ids.shape
+    assert t == 96 and all(getattr(batch, k).shape == (b, t) and getattr(batch, k).dtype == torch.long
                            for k in ("labels", "positions", "sample_ids"))
-    assert batch["pixel_values"].shape == (3, 3, 8, 8)
-    assert batch["pixel_values"][:, :, 0, 0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
-    assert int((batch["input_ids"] == tok.image_token_id).sum()) == batch["pixel_values"].shape[0] * n
-    assert not (batch["labels"] == tok.image_token_id).any()
-    assert int(batch["num_samples"]) == 4
-    assert int(batch["num_supervised"]) == sum(s.num_supervised for s in samples)
-    assert int(batch["num_tokens"]) == sum(len(s) for s in samples)
-    assert int(batch["num_padding"]) == b * t - int(batch["num_tokens"])
-    assert (batch["input_ids"][batch["sample_ids"] < 0] == tok.pad_id).all()
+    assert batch.pixel_values.shape == (3, 3, 8, 8)
+    assert batch.pixel_values[:, :, 0, 0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert int((batch.input_ids == tok.image_token_id).sum()) == batch.pixel_values.shape[0] * n
+    assert not (batch.labels == tok.image_token_id).any()
+    assert int(batch.num_samples) == 4
+    assert int(batch.num_supervised) == sum(s.num_supervised for s in samples)
+    assert int(batch.num_tokens) == sum(len(s) for s in samples)
+    assert int(batch.num_padding) == b * t - int(batch.num_tokens)
+    assert (batch.input_ids[batch.sample_ids < 0] == tok.pad_id).all()
 
 
 def test_collate_without_images_has_no_pixel_values_and_needs_a_transform_for_images(tok):
     text_only = build_row([_sample([1, 5, 2], 1)], PAD)
-    assert "pixel_values" not in collate([text_only])
+    assert collate([text_only]).pixel_values is None
     with_image = build_row([_sample([1, IMAGE_ID, 2], 2, images=(b"x",))], PAD)
     with pytest.raises(DataError, match="1 undecoded images but no image transform"):
         collate([with_image])
     decoded = dataclasses.replace(with_image, images=(torch.ones(3, 4, 4),))
-    assert torch.equal(collate([decoded])["pixel_values"], torch.ones(1, 3, 4, 4))
+    assert torch.equal(collate([decoded]).pixel_values, torch.ones(1, 3, 4, 4))

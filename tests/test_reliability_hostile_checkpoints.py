@@ -158,13 +158,23 @@ def test_a_training_checkpoint_whose_metadata_runs_code_is_refused(tmp_path, cap
 
 
 def test_a_training_checkpoint_whose_trainer_state_runs_code_is_refused(tmp_path):
+    from mmtune.training import checkpoint as ckpt
+    from mmtune.training.state import RankState
     from test_train_support import tiny_config, train_in_process
 
     cfg = tiny_config(tmp_path, "--training.max_steps", "1", "--training.save_every", "0")
     last = train_in_process(cfg)
     marker = tmp_path / "code-ran"
-    state = torch.load(last / "trainer_state.pt", weights_only=False)
-    torch.save({**state, "rng": RunsCode(str(marker))}, last / "trainer_state.pt")
+    forged = {"rng": {"rank_0": ckpt.encode_state({"python": RunsCode(str(marker))})},  # inside an entry
+              "loader": {"rank_0": RunsCode(str(marker))}}  # an entry itself
+    for name, value in forged.items():
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.AdamW(model.parameters())
+        bad = ckpt.save_checkpoint(tmp_path / name, 1, model, optimizer, {name: value}, {"world_size": 1},
+                                   lambda d: None, 1, True)
+        with pytest.raises(CheckpointError, match="refused"):
+            ckpt.load_checkpoint(bad, model, optimizer, {name: RankState(name, dict, print, 0, 0)})
+    torch.save({"step": 1, "rng": [RunsCode(str(marker))]}, last / "trainer_state.pt")  # the layout before
     with pytest.raises(CheckpointError, match="refused"):
         train_in_process(tiny_config(tmp_path / "again", "--training.max_steps", "2"), resume=last)
     assert not marker.exists(), "unpickling the trainer state ran code"

@@ -155,6 +155,21 @@ def test_webdataset_shards_stream_in_img2dataset_layout(tmp_path):
     assert isinstance(second[1], BadRecord) and second[1].location.endswith("00001.tar:000000004")
 
 
+def test_every_source_yields_its_records_and_raw_entries_in_file_order(tmp_path):
+    write_shards(tmp_path / "shards", 2, 3, no_caption_keys=("000000004",))
+    shards = open_source(SourceConfig(path=f"{tmp_path}/shards/{{00000..00001}}.tar"))
+    records = list(shards.records())
+    assert [_caption(r) for r in records if isinstance(r, Record)] == [f"caption {n}" for n in (0, 1, 2, 3, 5)]
+    assert isinstance(records[4], BadRecord) and len(records) == 6
+    assert [(type(r), e) for r, e in shards.entries()] == [(type(r), {}) for r in records]
+    names = write_images(tmp_path / "imgs", 3)
+    items = [{"image": n, "captions": [f"first {i}", f"second {i}"], "scene": i} for i, n in enumerate(names)]
+    manifest = open_source(SourceConfig(path=str(write_json(tmp_path / "m.json", items)),
+                                        image_root=str(tmp_path / "imgs")))
+    assert [r.key for r in manifest.records()] == [manifest.record(i).key for i in range(3)]
+    assert [(r.key, e) for r, e in manifest.entries()] == [(manifest.record(i).key, items[i]) for i in range(3)]
+
+
 def test_truncated_tar_ends_the_shard_with_one_located_bad_record(tmp_path):
     (shard,) = write_shards(tmp_path, 1, 4)
     data = shard.read_bytes()

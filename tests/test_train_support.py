@@ -1,6 +1,6 @@
 """Shared pieces for the training tests (no tests here): a tiny config, and a deterministic loader.
 
-:class:`SyntheticLoader` yields batches in the ``docs/architecture.md`` layout for the debug
+:class:`SyntheticLoader` yields :class:`~mmtune.data.batch.Batch` es (``docs/architecture.md``) for the debug
 VisionLanguageModel (BLIP-2 tower + qformer connector: BOS, image positions, text), with a global
 row order that does not depend on the number of ranks and a state that resumes on any number of
 ranks. ``nan_steps`` puts NaN pixels into the batches of those (1-based) optimizer steps, the way a
@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from mmtune.config import Config, load_config
+from mmtune.data.batch import Batch
 from mmtune.distributed.env import init_distributed, shutdown
 from mmtune.models.vlm import build_model
 from mmtune.training.run import load_saved_weights
@@ -50,6 +51,7 @@ class SyntheticLoader:
         self.text_only_odd = text_only_odd
         self.rows_done = 0  # global rows consumed, identical on every rank
 
+    @property
     def rows_per_epoch(self) -> int:
         """Rows in one pass (large: the stream never ends in a test)."""
         return 10_000
@@ -80,21 +82,20 @@ class SyntheticLoader:
         return {"input_ids": ids, "labels": labels, "positions": torch.arange(SEQ), "sample_ids": sample_ids,
                 "pixel_values": pixels}
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         per_step = self.cfg.training.global_batch_size
         while True:
             step = self.rows_done // per_step + 1
             base = self.rows_done + self.rank * self.micro
             rows = [self.row(base + i) for i in range(self.micro)]
             self.rows_done += self.micro * self.world
-            batch = {k: torch.stack([r[k] for r in rows]) for k in ("input_ids", "labels", "positions",
-                                                                     "sample_ids")}
-            batch["pixel_values"] = torch.cat([r["pixel_values"] for r in rows])
-            if not len(batch["pixel_values"]):
-                del batch["pixel_values"]
+            tensors = [torch.stack([r[k] for r in rows]) for k in ("input_ids", "labels", "positions", "sample_ids")]
+            pixels: torch.Tensor | None = torch.cat([r["pixel_values"] for r in rows])
+            if not len(pixels):
+                pixels = None
             elif step in self.nan_steps:
-                batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
-            yield batch
+                pixels = torch.full_like(pixels, float("nan"))
+            yield Batch.from_tensors(*tensors, pixel_values=pixels)
 
 
 def train_in_process(cfg: Config, resume: Path | None = None, nan_steps: tuple[int, ...] = (),

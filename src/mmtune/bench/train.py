@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmtune.bench.synthetic import MixtureSpec, synthetic_mixture, synthetic_photos
 from mmtune.config import Config
+from mmtune.data.batch import Batch
 from mmtune.data.encode import EncodedSample
 from mmtune.data.packing import Packer, Row, build_row, collate
 from mmtune.errors import ConfigError
@@ -128,7 +129,7 @@ class _StepBatches(Dataset):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> Batch:
         return collate(self.steps[index], self.transform)
 
 
@@ -164,7 +165,7 @@ class Side:
     """One side of the comparison: its step function, data and between-step memory."""
 
     name: str
-    step: Callable[[dict], float]
+    step: Callable[[Batch], float]
     loader: DataLoader
     state_gb: Callable[[], float]
     totals: dict = field(default_factory=lambda: dict.fromkeys(
@@ -192,7 +193,7 @@ class SavedBytes:
         return sum(self.storages.values()) / 2**30
 
 
-def _run_step(side: Side, batch: dict, device: torch.device) -> float:
+def _run_step(side: Side, batch: Batch, device: torch.device) -> float:
     """Runs one step; returns its memory: the allocator's peak rise on CUDA, saved activations on CPU."""
     if device.type == "cuda":
         _reset_peak(device)
@@ -209,7 +210,7 @@ def _timed_step(side: Side, batches: Iterator, device: torch.device, timed: bool
     """One step of ``side``: data wait, step time and the step's memory above the state between steps."""
     _sync(device)
     started = time.perf_counter()
-    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+    batch = next(batches).to(device, non_blocking=True)
     waited = time.perf_counter() - started
     transient = _run_step(side, batch, device)
     _sync(device)
@@ -219,7 +220,7 @@ def _timed_step(side: Side, batches: Iterator, device: torch.device, timed: bool
         return
     side.step_times.append(elapsed)
     for key in ("tokens", "supervised", "samples", "padding"):
-        side.totals[key] += float(batch[f"num_{key}"])
+        side.totals[key] += float(getattr(batch, f"num_{key}"))
     side.totals["wait"] += waited
     side.totals["time"] += elapsed
 
@@ -258,15 +259,14 @@ def trainer_config(cfg: Config, steps: int, output_dir: str) -> Config:
     return out
 
 
-def hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hf_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     """The padded batch as transformers takes it: an attention mask and unshifted labels (transformers
     shifts them itself: ``labels[t + 1]`` is the target of position ``t``)."""
-    labels = torch.full_like(batch["labels"], -100)
-    labels[:, 1:] = batch["labels"][:, :-1]
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": (batch["sample_ids"] >= 0).long(),
-              "labels": labels}
-    if "pixel_values" in batch:
-        inputs["pixel_values"] = batch["pixel_values"]
+    labels = torch.full_like(batch.labels, -100)
+    labels[:, 1:] = batch.labels[:, :-1]
+    inputs = {"input_ids": batch.input_ids, "attention_mask": (batch.sample_ids >= 0).long(), "labels": labels}
+    if batch.pixel_values is not None:
+        inputs["pixel_values"] = batch.pixel_values
     return inputs
 
 
@@ -306,7 +306,7 @@ def _set_trainable(hf: nn.Module, cfg: Config) -> None:
 
 
 def transformers_step(hf: nn.Module, cfg: Config, device: torch.device,
-                      total_steps: int) -> tuple[Callable[[dict], float], torch.optim.Optimizer]:
+                      total_steps: int) -> tuple[Callable[[Batch], float], torch.optim.Optimizer]:
     """One optimizer step of the transformers side (and its optimizer): its own loss, the trainer's
     AdamW, schedule and clipping, bf16 autocast when the run computes in bf16."""
     from mmtune.distributed.parallelize import compute_dtype
@@ -318,7 +318,7 @@ def transformers_step(hf: nn.Module, cfg: Config, device: torch.device,
     params = [p for p in hf.parameters() if p.requires_grad]
     bf16 = compute_dtype(cfg.training.dtype, device) == torch.bfloat16
 
-    def step(batch: dict[str, torch.Tensor]) -> float:
+    def step(batch: Batch) -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = hf(**hf_inputs(batch)).loss
         loss.backward()

@@ -131,19 +131,16 @@ def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
 def _records(source: Any, limit: int) -> Any:
     from itertools import islice
 
-    if hasattr(source, "shards"):
-        stream = (item for shard in source.shards for item in source.read(shard))
-    else:
-        stream = (source.record(i) for i in range(len(source)))
-    return islice(stream, limit or None)
+    return islice(source.records(), limit or None)
 
 
 def _survey(source: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any, dict]:
     """(first usable sample, counts) over the first ``limit`` records of ``source``."""
     from tqdm import tqdm
 
-    from mmtune.data.badrecords import BadRecord, DataStats
+    from mmtune.data.badrecords import BadRecord
     from mmtune.data.loader import encode_counted
+    from mmtune.data.stats import DataStats
     from mmtune.errors import DataError
 
     stats = DataStats()

@@ -1,39 +1,16 @@
-"""Bad-data accounting: per-source counts, the first few bad records with their location, the abort rule.
+"""Bad records: what a reader yields instead of a record it cannot read.
 
 Public API:
 
-* :class:`BadRecord` ``(source, location, reason)``: what a reader yields instead of a record it cannot
-  read (a malformed JSON line, a truncated tar member, a sample without a caption, ...).
-* :class:`LocatedImage` ``(ref, source, location)``: an image reference that remembers where it came
-  from, so a decoding failure inside a loader worker can be reported with its file, line or key.
-* :class:`SourceCounts` and :class:`DataStats`: running counts per source (``read``, ``samples``,
-  ``bad``, ``truncated``, ``skipped`` and the first :data:`MAX_REPORTS` bad records), rows, tokens and
-  padding; ``merge`` adds a worker's counts, ``check`` raises :class:`~mmtune.errors.DataError` once a
-  source's share of bad records passes ``data.max_bad_fraction``, naming the worst sources.
-* :func:`decode_row_images`: decodes a row's images; a sample whose image fails is blanked out of the
-  row (its positions become padding, never supervised nor attended) and counted as bad, so rows keep
-  their shape and every rank keeps the same number of rows.
-
-The abort rule: a source is judged once :data:`JUDGE_AFTER` of its records were read (or all of them,
-for a smaller source); above ``max_bad_fraction`` bad the run stops with a DataError.
+* :class:`BadRecord` ``(source, location, reason)``: a malformed JSON line, a truncated tar member, a
+  sample without a caption, ... with where it was found. The loader counts them per source
+  (:mod:`mmtune.data.stats`); an image that fails to decode later becomes one too
+  (:func:`mmtune.data.images.decode_row_images`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Optional
-
-import torch
-
-from mmtune.data.encode import IGNORE_INDEX
-from mmtune.data.packing import Row
-from mmtune.errors import DataError
-
-MAX_REPORTS = 5
-"""How many bad records per source are kept (and logged) with their location."""
-JUDGE_AFTER = 50
-"""Records a source must have read before its bad fraction can abort a run."""
+from typing import NamedTuple
 
 
 class BadRecord(NamedTuple):
@@ -42,154 +19,3 @@ class BadRecord(NamedTuple):
     source: str
     location: str
     reason: str
-
-
-@dataclass(frozen=True)
-class LocatedImage:
-    """An image reference plus the source and location it was read from."""
-
-    ref: Any
-    source: str
-    location: str
-
-
-@dataclass
-class SourceCounts:
-    """Running counts of one source."""
-
-    read: int = 0
-    """Records read (good or bad)."""
-    samples: int = 0
-    """Records that became training samples."""
-    bad: int = 0
-    """Unreadable records: corrupt or missing images, malformed records, truncated tar members."""
-    truncated: int = 0
-    """Samples cut to max_seq_len."""
-    skipped: int = 0
-    """Records dropped on purpose (too long with overflow=skip, nothing supervised, image without a tower)."""
-    reports: list[str] = field(default_factory=list)
-    """The first few bad records: ``location: reason``."""
-
-    @property
-    def bad_fraction(self) -> float:
-        """Bad records over records read (0 before any)."""
-        return self.bad / self.read if self.read else 0.0
-
-
-@dataclass
-class DataStats:
-    """Counts per source plus what this rank's batches held."""
-
-    sources: dict[str, SourceCounts] = field(default_factory=dict)
-    rows: int = 0
-    tokens: int = 0
-    padding: int = 0
-
-    def of(self, source: str) -> SourceCounts:
-        """The counts of ``source`` (created on first use)."""
-        if source not in self.sources:
-            self.sources[source] = SourceCounts()
-        return self.sources[source]
-
-    def add_bad(self, bad: BadRecord, *, read: bool = True) -> None:
-        """Counts a bad record (and, unless ``read`` is False, the read that found it)."""
-        counts = self.of(bad.source)
-        counts.read += int(read)
-        counts.bad += 1
-        if len(counts.reports) < MAX_REPORTS:
-            counts.reports.append(f"{bad.location}: {bad.reason}")
-
-    @property
-    def padding_fraction(self) -> float:
-        """Padding positions over all positions of the batches counted."""
-        total = self.tokens + self.padding
-        return self.padding / total if total else 0.0
-
-    def merge(self, other: "DataStats") -> list[str]:
-        """Adds ``other``'s counts; returns the bad-record reports that are new here."""
-        new: list[str] = []
-        for name, theirs in other.sources.items():
-            mine = self.of(name)
-            for f in ("read", "samples", "bad", "truncated", "skipped"):
-                setattr(mine, f, getattr(mine, f) + getattr(theirs, f))
-            room = MAX_REPORTS - len(mine.reports)
-            fresh = [f"{name}: {r}" for r in theirs.reports[:max(room, 0)]]
-            mine.reports.extend(theirs.reports[:max(room, 0)])
-            new.extend(fresh)
-        self.rows += other.rows
-        self.tokens += other.tokens
-        self.padding += other.padding
-        return new
-
-    def take(self) -> "DataStats":
-        """These counts, leaving this object empty (what a worker sends along with a batch)."""
-        out = DataStats(self.sources, self.rows, self.tokens, self.padding)
-        self.sources, self.rows, self.tokens, self.padding = {}, 0, 0, 0
-        return out
-
-    def check(self, max_bad_fraction: float, sizes: Optional[dict[str, int]] = None) -> None:
-        """Raises DataError when a judged source has more than ``max_bad_fraction`` bad records."""
-        sizes = sizes or {}
-        over = [(name, c) for name, c in self.sources.items()
-                if c.read >= min(JUDGE_AFTER, sizes.get(name) or JUDGE_AFTER)
-                and c.bad_fraction > max_bad_fraction]
-        if not over:
-            return
-        over.sort(key=lambda item: item[1].bad_fraction, reverse=True)
-        parts = []
-        for name, c in over[:3]:
-            first = f"; first: {c.reports[0]}" if c.reports else ""
-            parts.append(f"source {name!r}: {c.bad} of {c.read} records unreadable "
-                         f"({100 * c.bad_fraction:.1f}%){first}")
-        raise DataError(f"too much bad data (above data.max_bad_fraction = {100 * max_bad_fraction:g}%): "
-                        + " | ".join(parts))
-
-    def as_dict(self) -> dict:
-        """Plain counts: ``{"sources": {name: {...}}, "rows", "tokens", "padding", "padding_fraction"}``."""
-        return {"sources": {name: dataclasses.asdict(c) | {"bad_fraction": c.bad_fraction}
-                            for name, c in self.sources.items()},
-                "rows": self.rows, "tokens": self.tokens, "padding": self.padding,
-                "padding_fraction": self.padding_fraction}
-
-    def state_dict(self) -> dict:
-        """What :meth:`load_state_dict` restores."""
-        return {"sources": {n: dataclasses.asdict(c) for n, c in self.sources.items()},
-                "rows": self.rows, "tokens": self.tokens, "padding": self.padding}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restores :meth:`state_dict`."""
-        self.sources = {n: SourceCounts(**c) for n, c in state["sources"].items()}
-        self.rows, self.tokens, self.padding = state["rows"], state["tokens"], state["padding"]
-
-
-def blank_sample(row: Row, sample: int) -> Row:
-    """``row`` with sample number ``sample`` turned into padding (no target, no attention, no image)."""
-    keep = row.sample_ids != sample
-    pad = torch.full_like(row.input_ids, row.pad_id)
-    return dataclasses.replace(
-        row, input_ids=torch.where(keep, row.input_ids, pad),
-        labels=torch.where(keep, row.labels, torch.full_like(row.labels, IGNORE_INDEX)),
-        positions=torch.where(keep, row.positions, torch.zeros_like(row.positions)),
-        sample_ids=torch.where(keep, row.sample_ids, torch.full_like(row.sample_ids, -1)),
-        num_samples=row.num_samples - 1)
-
-
-def decode_row_images(row: Row, transform: Callable[[Any], torch.Tensor], image_token_id: int,
-                      stats: DataStats) -> Row:
-    """Decodes the row's images into tensors; blanks out (and counts) the samples whose image fails."""
-    if not row.images:
-        return row
-    owners = torch.unique(row.sample_ids[row.input_ids == image_token_id]).tolist()
-    assert len(owners) == len(row.images), f"{len(row.images)} images but {len(owners)} samples hold image ids"
-    decoded, failed = [], []
-    for owner, item in zip(owners, row.images):
-        ref = item.ref if isinstance(item, LocatedImage) else item
-        try:
-            decoded.append(transform(ref))
-        except DataError as exc:
-            where = (item.source, item.location) if isinstance(item, LocatedImage) else ("", "")
-            stats.add_bad(BadRecord(where[0], where[1], str(exc)), read=False)
-            failed.append(owner)
-    for owner in failed:
-        row = blank_sample(row, owner)
-    return dataclasses.replace(row, images=tuple(decoded))

@@ -47,6 +47,7 @@ from mmtune.errors import ConfigError, DataError
 
 Overflow = Literal["truncate", "skip"]
 IGNORE_INDEX = -100
+"""The label of a position without a target (prompts, images, padding); the only definition in mmtune."""
 
 
 class TextTokenizer(Protocol):

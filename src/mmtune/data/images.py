@@ -13,21 +13,32 @@ Public API:
 * :class:`ImageTransform` ``(size, mean, std, resize="center_crop", max_pixels=64_000_000)``: the three
   steps as one callable ``transform(ref) -> Tensor[3, size, size]``; ``ImageTransform.from_settings``
   takes :class:`mmtune.models.vision.ImageSettings`, ``ImageTransform.from_vision`` a ``vision`` config section.
+* :class:`LocatedImage` ``(ref, source, location)``: an image reference that remembers where it came
+  from, so a decoding failure inside a loader worker can be reported with its file, line or key.
+* :func:`decode_row_images` ``(row, transform, image_token_id, stats) -> Row``: decodes a row's images; a
+  sample whose image fails is blanked out of the row (:func:`blank_sample`: its positions become padding,
+  never supervised nor attended) and counted as bad, so rows keep their shape and every rank keeps the
+  same number of rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmtune.data.badrecords import BadRecord
+from mmtune.data.encode import IGNORE_INDEX
+from mmtune.data.packing import Row
 from mmtune.data.records import ImageRef
+from mmtune.data.stats import DataStats
 from mmtune.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -164,3 +175,45 @@ class ImageTransform:
         """Loads and transforms one image reference."""
         image = load_image(ref, self.max_pixels)
         return normalize(to_square(image, self.size, self.resize, self.mean), self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class LocatedImage:
+    """An image reference plus the source and location it was read from."""
+
+    ref: Any
+    source: str
+    location: str
+
+
+def blank_sample(row: Row, sample: int) -> Row:
+    """``row`` with sample number ``sample`` turned into padding (no target, no attention, no image)."""
+    keep = row.sample_ids != sample
+    pad = torch.full_like(row.input_ids, row.pad_id)
+    return dataclasses.replace(
+        row, input_ids=torch.where(keep, row.input_ids, pad),
+        labels=torch.where(keep, row.labels, torch.full_like(row.labels, IGNORE_INDEX)),
+        positions=torch.where(keep, row.positions, torch.zeros_like(row.positions)),
+        sample_ids=torch.where(keep, row.sample_ids, torch.full_like(row.sample_ids, -1)),
+        num_samples=row.num_samples - 1)
+
+
+def decode_row_images(row: Row, transform: Callable[[Any], torch.Tensor], image_token_id: int,
+                      stats: DataStats) -> Row:
+    """Decodes the row's images into tensors; blanks out (and counts) the samples whose image fails."""
+    if not row.images:
+        return row
+    owners = torch.unique(row.sample_ids[row.input_ids == image_token_id]).tolist()
+    assert len(owners) == len(row.images), f"{len(row.images)} images but {len(owners)} samples hold image ids"
+    decoded, failed = [], []
+    for owner, item in zip(owners, row.images):
+        ref = item.ref if isinstance(item, LocatedImage) else item
+        try:
+            decoded.append(transform(ref))
+        except DataError as exc:
+            where = (item.source, item.location) if isinstance(item, LocatedImage) else ("", "")
+            stats.add_bad(BadRecord(where[0], where[1], str(exc)), read=False)
+            failed.append(owner)
+    for owner in failed:
+        row = blank_sample(row, owner)
+    return dataclasses.replace(row, images=tuple(decoded))

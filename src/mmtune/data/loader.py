@@ -3,7 +3,7 @@
 API the trainer calls (stable)::
 
     loader = build_loader(cfg, processor, rank=r, world_size=W, seed=s)  # processor: data/processor.py
-    for batch in loader: ...        # one epoch of this rank's micro-batches (dicts, docs/architecture.md)
+    for batch in loader: ...        # one epoch of this rank's micro-batches (Batch, docs/architecture.md)
     loader.state_dict() / loader.load_state_dict(state)
     loader.stats()                  # per-source samples, bad, truncated, skipped; padding fraction
     loader.epoch                    # the epoch the next row belongs to
@@ -12,8 +12,8 @@ API the trainer calls (stable)::
 Helpers: :func:`encode_counted` (encode one record
 read from a source, counting it), :func:`map_rows` (the global row sequence of map mode).
 
-Each batch holds ``cfg.training.micro_batch_size`` rows plus the counts :func:`~mmtune.data.packing.collate`
-adds (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``).
+Each :class:`~mmtune.data.batch.Batch` holds ``cfg.training.micro_batch_size`` rows plus the counts
+:func:`~mmtune.data.packing.collate` adds (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``).
 
 Map mode (every source has random access: manifests, Alpaca, LLaVA). An epoch's global order comes from
 :func:`~mmtune.data.mixture.epoch_order` (seeded by ``(seed, epoch)``), samples are encoded and packed in
@@ -35,7 +35,7 @@ Workers. With ``data.num_workers`` > 0 a torch DataLoader runs the pipeline in w
 ``w`` producing every ``num_workers``-th micro-batch; images are decoded there, only for the rows this rank
 takes; on a machine with CUDA the batches come back in pinned memory, so the copy to the GPU overlaps
 compute. A sample whose image cannot be decoded is blanked out of its row
-(:func:`~mmtune.data.badrecords.decode_row_images`). Bad records are counted per source; past
+(:func:`~mmtune.data.images.decode_row_images`). Bad records are counted per source; past
 ``data.max_bad_fraction`` the loader raises :class:`~mmtune.errors.DataError` naming the worst sources.
 """
 
@@ -52,14 +52,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtune.config import Config
-from mmtune.data.badrecords import BadRecord, DataStats, LocatedImage, decode_row_images
+from mmtune.data.badrecords import BadRecord
+from mmtune.data.batch import Batch
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
-from mmtune.data.images import ImageTransform
+from mmtune.data.images import ImageTransform, LocatedImage, decode_row_images
 from mmtune.data.mixture import epoch_order, interleave, open_sources
 from mmtune.data.packing import Packer, Row, collate
 from mmtune.data.processor import Processor
 from mmtune.data.records import Record
 from mmtune.data.sources import MapSource, ShardSource, Source
+from mmtune.data.stats import DataStats
 from mmtune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def encode_counted(encoder: RecordEncoder, item: Union[Record, BadRecord], stats
                    ) -> Optional[EncodedSample]:
     """Encodes a record read from a source, counting it in ``stats``; None for bad or skipped records.
 
-    The image is wrapped in a :class:`~mmtune.data.badrecords.LocatedImage` so that a decoding failure
+    The image is wrapped in a :class:`~mmtune.data.images.LocatedImage` so that a decoding failure
     later names where the record came from.
     """
     if isinstance(item, BadRecord):
@@ -131,14 +133,14 @@ class _Plan:
                 yield from packer.push(sample)
         yield from packer.flush()
 
-    def collate(self, rows: list[Row], stats: DataStats) -> dict:
+    def collate(self, rows: list[Row], stats: DataStats) -> Batch:
         """Decodes the rows' images and stacks them into a batch (counting rows and padding)."""
         if self.transform is not None:
             rows = [decode_row_images(r, self.transform, self.image_token_id, stats) for r in rows]
         batch = collate(rows)
         stats.rows += len(rows)
-        stats.tokens += int(batch["num_tokens"])
-        stats.padding += int(batch["num_padding"])
+        stats.tokens += batch.num_tokens
+        stats.padding += batch.num_padding
         return batch
 
 
@@ -211,7 +213,7 @@ class _MapStream(IterableDataset):
     def __init__(self, plan: _Plan, position: tuple[int, int]):
         self.plan, self.position = plan, position
 
-    def __iter__(self) -> Iterator[tuple[dict, _Meta]]:
+    def __iter__(self) -> Iterator[tuple[Batch, _Meta]]:
         w, n = _worker()
         stats = DataStats()
         lo, hi = self.plan.rank * self.plan.micro, (self.plan.rank + 1) * self.plan.micro
@@ -253,7 +255,7 @@ class _ShardStream(IterableDataset):
     def __init__(self, plan: _Plan, epoch: int, skip: tuple[int, ...]):
         self.plan, self.epoch, self.skip = plan, epoch, skip
 
-    def __iter__(self) -> Iterator[tuple[dict, _Meta]]:
+    def __iter__(self) -> Iterator[tuple[Batch, _Meta]]:
         w, n = _worker()
         plan, reader, readers = self.plan, self.plan.rank * n + w, self.plan.world * n
         streams = [_reader_items(plan, s, self.epoch, reader, readers) for s in range(len(plan.sources))]
@@ -276,13 +278,14 @@ class _ShardStream(IterableDataset):
         if chunk and made + 1 > skip:
             yield self._batch(chunk, stats, w, made + 1)
 
-    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int) -> tuple[dict, _Meta]:
+    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int) -> tuple[Batch, _Meta]:
         delta = stats.take()
         return self.plan.collate(rows, delta), _Meta(worker, (self.epoch, made), False, delta)
 
 
 class Loader:
-    """Iterable over this rank's micro-batches, one epoch per iteration (see the module docstring)."""
+    """Iterable over this rank's micro-batches, one epoch per iteration (see the module docstring); the
+    :class:`~mmtune.data.batch.BatchLoader` the trainer takes."""
 
     def __init__(self, plan: _Plan, *, num_workers: int, max_bad_fraction: float):
         self._plan, self._num_workers, self._max_bad = plan, num_workers, max_bad_fraction
@@ -324,7 +327,7 @@ class Loader:
             for report in reports:
                 log.warning("bad record skipped: %s", report)
 
-    def _iterator(self) -> Iterator[tuple[dict, _Meta]]:
+    def _iterator(self) -> Iterator[tuple[Batch, _Meta]]:
         if self.streaming:
             dataset: IterableDataset = _ShardStream(self._plan, self._position[0], tuple(self._consumed))
         else:
@@ -335,7 +338,7 @@ class Loader:
         return iter(DataLoader(dataset, batch_size=None, num_workers=self._num_workers, collate_fn=_identity,
                                pin_memory=torch.cuda.is_available()))
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         for batch, meta in self._iterator():
             if self.streaming:
                 self._consumed[meta.worker] = meta.position[1]

@@ -1,4 +1,4 @@
-"""Encoded samples -> token rows (packed, grouped or padded) -> the training batch dict.
+"""Encoded samples -> token rows (packed, grouped or padded) -> the training :class:`~mmtune.data.batch.Batch`.
 
 Public API:
 
@@ -9,7 +9,7 @@ Public API:
 * :class:`Packer` ``(max_seq_len, pad_id, mode="packed", *, open_rows=4, group_size=64,
   pad_to_max=True)``: a streaming packer: ``push(sample) -> finished rows``, ``flush() -> the rest``,
   ``stats`` (:class:`PackingStats`, with ``padding_fraction``), ``state_dict``/``load_state_dict``.
-* :func:`collate` ``(rows, image_transform=None) -> dict``: the Batch of docs/architecture.md. A row's
+* :func:`collate` ``(rows, image_transform=None) -> Batch``: the Batch of docs/architecture.md. A row's
   images are references (decoded with ``image_transform``) or tensors already decoded (taken as they are).
 
 Modes. ``packed``: several samples per row of exactly ``max_seq_len`` tokens, placed best-fit into up to
@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import torch
 
+from mmtune.data.batch import Batch
 from mmtune.data.encode import IGNORE_INDEX, EncodedSample
 from mmtune.data.records import ImageRef
 from mmtune.errors import ConfigError, DataError
@@ -208,24 +209,20 @@ class Packer:
         self.stats = PackingStats(**state["stats"])
 
 
-def collate(rows: Sequence[Row], image_transform: Optional[Callable[[ImageRef], torch.Tensor]] = None
-            ) -> dict[str, torch.Tensor]:
-    """Stacks rows (padded to the longest) into the batch dict of docs/architecture.md, plus counts."""
+def collate(rows: Sequence[Row], image_transform: Optional[Callable[[ImageRef], torch.Tensor]] = None) -> Batch:
+    """Stacks rows (padded to the longest) into the :class:`~mmtune.data.batch.Batch` of
+    docs/architecture.md, with its counts."""
     assert rows, "collate needs at least one row"
     length = max(len(r) for r in rows)
     rows = [r.padded(length) for r in rows]
-    batch = {name: torch.stack([getattr(r, name) for r in rows])
-             for name in ("input_ids", "labels", "positions", "sample_ids")}
+    tensors = [torch.stack([getattr(r, name) for r in rows])
+               for name in ("input_ids", "labels", "positions", "sample_ids")]
     refs = [ref for r in rows for ref in r.images]
+    pixel_values = None
     if refs:
         pending = sum(not isinstance(ref, torch.Tensor) for ref in refs)
         if pending and image_transform is None:
             raise DataError(f"the batch holds {pending} undecoded images but no image transform was given")
-        batch["pixel_values"] = torch.stack([ref if isinstance(ref, torch.Tensor) else image_transform(ref)
-                                             for ref in refs])
-    num_tokens = int((batch["sample_ids"] >= 0).sum())
-    batch["num_samples"] = torch.tensor(sum(r.num_samples for r in rows))
-    batch["num_supervised"] = (batch["labels"] != IGNORE_INDEX).sum()
-    batch["num_tokens"] = torch.tensor(num_tokens)
-    batch["num_padding"] = torch.tensor(batch["input_ids"].numel() - num_tokens)
-    return batch
+        pixel_values = torch.stack([ref if isinstance(ref, torch.Tensor) else image_transform(ref)
+                                    for ref in refs])
+    return Batch.from_tensors(*tensors, pixel_values=pixel_values, num_samples=sum(r.num_samples for r in rows))

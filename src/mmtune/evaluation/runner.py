@@ -49,13 +49,7 @@ class EvalItem:
 
 
 def _raw_entries(source: Any) -> list[tuple[Record | BadRecord, dict]]:
-    if hasattr(source, "shards"):
-        return [(record, {}) for shard in source.shards for record in source.read(shard)]
-    out = []
-    for index in range(len(source)):
-        table, local = source.locate(index)
-        out.append((source.record(index), table.entry(local)))
-    return out
+    return list(source.entries())
 
 
 def _image_bytes(image: Optional[ImageRef]) -> Optional[bytes]:

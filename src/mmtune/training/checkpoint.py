@@ -1,9 +1,11 @@
 """Training checkpoints with ``torch.distributed.checkpoint`` (DCP): atomic, pruned, resharding.
 
 A run directory holds ``checkpoints/step_00000010/`` etc. Each checkpoint holds the sharded model and
-optimizer (DCP files plus ``.metadata``), ``trainer_state.pt`` (step, scheduler, data-loader states,
-RNG states, bad-step counters), ``checkpoint.json`` (step, world size, ``image_token_id``), the resolved
-``config.yaml`` and the ``tokenizer/``. Everything is written under ``step_N.tmp`` and renamed only when
+optimizer and, in the same DCP files, the trainer's other state (step, scheduler, skipped-step count,
+each rank's data-loader and RNG states: the Stateful objects of :mod:`mmtune.training.state`), plus
+``checkpoint.json`` (step, world size, ``image_token_id``), the resolved ``config.yaml`` and the
+``tokenizer/``. A checkpoint written before that keeps the trainer state in ``trainer_state.pt``
+(:data:`STATE_FILE`); :func:`load_checkpoint` still reads it. Everything is written under ``step_N.tmp`` and renamed only when
 complete, so a crash mid-save never leaves a complete-looking partial checkpoint; the newest
 ``keep_last`` are kept. DCP reshards on load, so a checkpoint from N ranks resumes on M ranks.
 :func:`export_checkpoint` turns one into a saved-model directory in a single process (no torchrun).
@@ -25,6 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
+"""Where checkpoints written before the trainer state moved into the DCP files kept it."""
 INFO_FILE = "checkpoint.json"
 
 
@@ -47,7 +51,7 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 def is_checkpoint(path: Path) -> bool:
     """True for a complete checkpoint directory (renamed from its temporary name, all files there)."""
     return (STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
-            and (path / STATE_FILE).is_file() and (path / INFO_FILE).is_file())
+            and (path / INFO_FILE).is_file())
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -77,12 +81,13 @@ def resolve_resume(resume: Optional[str], output_dir: str | Path) -> Optional[Pa
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict, info: dict, write_extras: Callable[[Path], None],
+                    trainer_state: dict[str, Any], info: dict, write_extras: Callable[[Path], None],
                     keep_last: int, is_main: bool) -> Path:
     """Writes checkpoint ``step`` atomically (collective: every rank calls it) and prunes old ones.
 
-    ``trainer_state`` is already gathered from all ranks; rank 0 writes it, ``info`` and whatever
-    ``write_extras(dir)`` writes (config, tokenizer) into the temporary directory before the rename.
+    ``trainer_state`` (Stateful objects or plain values, by top-level key) goes into the DCP files with
+    the model and optimizer; rank 0 writes ``info`` and whatever ``write_extras(dir)`` writes (config,
+    tokenizer) into the temporary directory before the rename.
     """
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
@@ -93,9 +98,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimiz
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        dcp.save({"model": model_sd, "optim": optim_sd, **trainer_state}, checkpoint_id=str(tmp))
     if is_main:
-        torch.save(trainer_state, tmp / STATE_FILE)
         write_extras(tmp)
         (tmp / INFO_FILE).write_text(json.dumps({**info, "step": step}, indent=2))
         if final.exists():
@@ -155,9 +159,13 @@ def _dcp_load(state: dict, path: Path) -> None:
     read_metadata(path)
     try:
         dcp.load(state, checkpoint_id=str(path), planner=_SafeLoadPlanner())
-    except pickle.UnpicklingError as exc:
+    except (pickle.UnpicklingError, CheckpointException) as exc:
+        refused = [f[0] for f in exc.failures.values()] if isinstance(exc, CheckpointException) else [exc]
+        refused = [e for e in refused if isinstance(e, pickle.UnpicklingError)]
+        if not refused:
+            raise
         raise CheckpointError(f"{path}: refused to load, it holds more than tensors and plain values: "
-                              f"{str(exc).strip().splitlines()[-1][:200]}") from None
+                              f"{str(refused[0]).strip().splitlines()[-1][:200]}") from None
 
 
 def read_metadata(path: Path) -> Any:
@@ -170,26 +178,48 @@ def read_metadata(path: Path) -> Any:
                               f"{str(exc).strip().splitlines()[-1][:200]}") from None
 
 
-def _load_state(path: Path) -> dict:
-    """``trainer_state.pt`` with ``weights_only=True`` (NumPy's RNG state array allowed)."""
+def _safe_torch_load(source: Any, where: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` (NumPy's RNG state array allowed); CheckpointError
+    naming ``where`` for anything else."""
     import numpy as np
 
     allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path / STATE_FILE}: refused to load, it holds more than tensors and plain "
+        raise CheckpointError(f"{where}: refused to load, it holds more than tensors and plain "
                               f"values: {str(exc).strip().splitlines()[-1][:200]}") from None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Loads model and optimizer shards from ``path`` (any number of ranks); returns the trainer state."""
+def encode_state(value: Any) -> bytes:
+    """``value`` (plain values, tensors, NumPy arrays) as one ``bytes`` entry of a checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def decode_state(data: bytes, where: str) -> Any:
+    """What :func:`encode_state` wrote, loaded with ``weights_only=True`` (CheckpointError otherwise)."""
+    if not isinstance(data, bytes):
+        raise CheckpointError(f"{where}: refused to load, a {type(data).__name__} where bytes belong")
+    return _safe_torch_load(io.BytesIO(data), where)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    states: dict[str, Any]) -> Optional[dict]:
+    """Loads model and optimizer shards and the Stateful ``states`` from ``path`` (any number of ranks).
+
+    A checkpoint written before the trainer state moved into the DCP files leaves ``states`` alone and
+    returns its ``trainer_state.pt`` (loaded with ``weights_only=True``); otherwise returns None.
+    """
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    _dcp_load(state, path)
+    legacy = (Path(path) / STATE_FILE).is_file()
+    state = {"model": model_sd, "optim": optim_sd, **({} if legacy else states)}
+    with _single_process_quiet():
+        _dcp_load(state, path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return _load_state(path)
+    return _safe_torch_load(Path(path) / STATE_FILE, str(Path(path) / STATE_FILE)) if legacy else None
 
 
 def load_model_weights(path: Path, model: nn.Module) -> None:

@@ -19,7 +19,8 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from mmtune.data.encode import IGNORE_INDEX
+
 DEFAULT_CHUNK_ROWS = 4096
 
 Projection = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmtune.data.batch import Batch
+from mmtune.data.encode import IGNORE_INDEX
 from mmtune.distributed.env import all_reduce_sum
-
-IGNORE_INDEX = -100
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -28,20 +28,18 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def step_counts(micro_batches: Sequence[dict], group: Optional[dist.ProcessGroup] = None,
+def step_counts(micro_batches: Sequence[Batch], group: Optional[dist.ProcessGroup] = None,
                 device: Optional[torch.device] = None) -> dict[str, int]:
     """Supervised tokens, real tokens and samples in all ``micro_batches`` of this step, summed over
     ``group`` with one all-reduce.
 
-    Real tokens have ``sample_ids >= 0``; a row holds ``max(sample_ids) + 1`` samples (without sample
-    ids: every token is real and every row one sample).
+    Real tokens have ``sample_ids >= 0``; a row holds ``max(sample_ids) + 1`` samples.
     """
     supervised = tokens = samples = 0
     for b in micro_batches:
-        supervised += int((b["labels"] != IGNORE_INDEX).sum())
-        ids = b.get("sample_ids")
-        tokens += int((ids >= 0).sum()) if ids is not None else b["input_ids"].numel()
-        samples += int((ids.amax(dim=1) + 1).sum()) if ids is not None else b["input_ids"].shape[0]
+        supervised += int((b.labels != IGNORE_INDEX).sum())
+        tokens += int((b.sample_ids >= 0).sum())
+        samples += int((b.sample_ids.amax(dim=1) + 1).sum())
     counts = torch.tensor([supervised, tokens, samples], dtype=torch.int64, device=device)
     counts = all_reduce_sum(counts, group).tolist()
     return {"supervised": counts[0], "tokens": counts[1], "samples": counts[2]}

@@ -22,7 +22,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from mmtune.config import Config, save_config
-from mmtune.distributed.env import DistEnv, all_gather_objects
+from mmtune.data.batch import Batch, BatchLoader
+from mmtune.distributed.env import DistEnv
 from mmtune.distributed.materialize import materialize
 from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize, separate_head
 from mmtune.errors import ConfigError, DataError, MMTuneError
@@ -31,10 +32,9 @@ from mmtune.training.fused_loss import supervised_loss_sum
 from mmtune.training.loss import step_counts, token_loss_sum
 from mmtune.training.metrics import MetricsLogger, flops_per_token, peak_flops, peak_memory_gb
 from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
+from mmtune.training.state import RankState, TrainerState, restore_legacy
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("positions", "sample_ids", "pixel_values")
 
 
 @dataclass
@@ -42,13 +42,14 @@ class RunParts:
     """What a run needs besides its config.
 
     ``build_model(device)`` builds the model on ``"cpu"`` (rank 0's initialised copy) or ``"meta"``;
-    ``loader`` yields this rank's micro-batch dicts (docs/architecture.md) and has ``state_dict``,
-    ``load_state_dict`` and ``rows_per_epoch``; ``load_source_weights(model, path)`` loads a saved-model
+    ``loader`` yields this rank's :class:`~mmtune.data.batch.Batch` es (a
+    :class:`~mmtune.data.batch.BatchLoader`; None for a trainer driven by :meth:`Trainer.train_step`
+    alone, with ``training.max_steps`` set); ``load_source_weights(model, path)`` loads a saved-model
     directory into rank 0's copy; ``write_extras(dir)`` adds files (tokenizer) to each checkpoint.
     """
 
     build_model: Callable[[str], nn.Module]
-    loader: Any
+    loader: Optional[BatchLoader]
     image_token_id: Optional[int] = None
     load_source_weights: Optional[Callable[[nn.Module, str], None]] = None
     write_extras: Optional[Callable[[Path], None]] = None
@@ -73,12 +74,11 @@ def accumulation_steps(global_batch: int, micro_batch: int, dp_size: int) -> int
     return global_batch // (micro_batch * dp_size)
 
 
-def total_steps(cfg: Config, loader: Any) -> int:
+def total_steps(cfg: Config, loader: Optional[BatchLoader]) -> int:
     """``training.max_steps``, else ``ceil(epochs * rows_per_epoch / global_batch_size)``."""
     if cfg.training.max_steps is not None:
         return cfg.training.max_steps
-    rows = loader.rows_per_epoch() if callable(getattr(loader, "rows_per_epoch", None)) \
-        else getattr(loader, "rows_per_epoch", None)
+    rows = loader.rows_per_epoch if loader is not None else None
     if not rows:
         raise ConfigError("training.max_steps", None, "a number of steps (the data's length is unknown)")
     return max(1, math.ceil(cfg.training.epochs * rows / cfg.training.global_batch_size))
@@ -143,15 +143,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def _loss_sum(self, input_ids: torch.Tensor, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    def _loss_sum(self, batch: Batch) -> torch.Tensor:
         """Summed token cross-entropy of one micro-batch; with a separate head, logits are computed
         only at supervised positions (no [B, T, vocab] tensor)."""
         if self.head is None:
-            return token_loss_sum(self.model(input_ids, **inputs), labels)
-        hidden = self.model(input_ids, **inputs, return_hidden=True)
-        return supervised_loss_sum(hidden, self.head, labels)
+            return token_loss_sum(self.model(batch.input_ids, **batch.model_inputs()), batch.labels)
+        hidden = self.model(batch.input_ids, **batch.model_inputs(), return_hidden=True)
+        return supervised_loss_sum(hidden, self.head, batch.labels)
 
-    def train_step(self, micro_batches: list[dict]) -> StepResult:
+    def train_step(self, micro_batches: list[Batch]) -> StepResult:
         """Forward/backward over this rank's micro-batches, then clip and update (or skip)."""
         counts = step_counts(micro_batches, self.env.dp_group, self.env.device)
         scale = self.env.dp_size / max(counts["supervised"], 1)  # FSDP averages gradients over dp ranks
@@ -159,8 +159,7 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             if isinstance(self.model, FSDPModule):
                 self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-            loss = self._loss_sum(batch["input_ids"], inputs, batch["labels"])
+            loss = self._loss_sum(batch)
             (loss * scale).backward()
             loss_sum += loss.detach().double()
         torch.distributed.all_reduce(loss_sum, group=self.env.dp_group)
@@ -177,14 +176,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _batches(self) -> Iterator[dict]:
+    def _batches(self) -> Iterator[Batch]:
         """This rank's micro-batches on the device, epoch after epoch."""
+        loader = self._loader()
         while True:
             empty = True
-            for batch in self.parts.loader:
+            for batch in loader:
                 empty = False
-                yield {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
-                       for k, v in batch.items()}
+                yield batch.to(self.env.device, non_blocking=True)
             if empty:
                 raise DataError("the training data yielded no batch")
 
@@ -250,15 +249,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self) -> dict:
-        """The trainer state of every rank (collective): step, scheduler, loader and RNG states."""
-        loader = self.parts.loader
-        local = {"loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
-                 "rng": ckpt.rng_state()}
-        gathered = all_gather_objects(local)
-        return {"step": self.step, "scheduler": self.scheduler.state_dict(), "skipped": self.skipped,
-                "world_size": self.env.world_size, "dp_size": self.env.dp_size,
-                "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+    def _loader(self) -> BatchLoader:
+        if self.parts.loader is None:
+            raise MMTuneError("this trainer has no loader (RunParts.loader is None)")
+        return self.parts.loader
+
+    def states(self, read_rank: Optional[int] = None) -> dict[str, Any]:
+        """The Stateful objects saved in a checkpoint besides model and optimizer (see
+        :mod:`mmtune.training.state`): ``trainer`` and, per rank, ``loader`` and ``rng``; loading reads
+        the loader and RNG entries of rank ``read_rank`` (default: this rank)."""
+        rank = self.env.rank
+        read = rank if read_rank is None else read_rank
+        states: dict[str, Any] = {"trainer": TrainerState(self, self.scheduler),
+                                  "rng": RankState("rng", ckpt.rng_state, ckpt.set_rng_state, rank, read)}
+        if self.parts.loader is not None:
+            loader = self.parts.loader
+            states["loader"] = RankState("loader", loader.state_dict, loader.load_state_dict, rank, read)
+        return states
 
     def save(self) -> Path:
         """Writes a checkpoint of the current step (collective)."""
@@ -269,20 +276,18 @@ class Trainer:
             if self.parts.write_extras is not None:
                 self.parts.write_extras(path)
 
-        self.last_saved = ckpt.save_checkpoint(self.out, self.step, self.model, self.optimizer, self.state(),
+        self.last_saved = ckpt.save_checkpoint(self.out, self.step, self.model, self.optimizer, self.states(),
                                                info, extras, self.cfg.training.keep_last, self.env.is_main)
         return self.last_saved
 
     def load(self, path: Path) -> None:
-        """Restores model, optimizer, scheduler, loader and RNG states from checkpoint ``path``."""
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
-        self.step, self.skipped = state["step"], state["skipped"]
-        self.scheduler.load_state_dict(state["scheduler"])
-        same = state["world_size"] == self.env.world_size
-        rank = self.env.rank if same else 0
-        loader_state = state["loader"][rank]
-        if loader_state is not None and hasattr(self.parts.loader, "load_state_dict"):
-            self.parts.loader.load_state_dict(loader_state)
-        ckpt.set_rng_state(state["rng"][rank])
+        """Restores model, optimizer, scheduler, loader and RNG states from checkpoint ``path``: each rank
+        its own loader and RNG states on the same world size, rank 0's on another."""
+        saved_world = ckpt.read_info(path)["world_size"]
+        read_rank = self.env.rank if saved_world == self.env.world_size else 0
+        states = self.states(read_rank)
+        legacy = ckpt.load_checkpoint(path, self.model, self.optimizer, states)
+        if legacy is not None:
+            restore_legacy(states, legacy, read_rank)
         self.last_saved = path
-        log.info("resumed from %s at step %d (saved on %d ranks)", path, self.step, state["world_size"])
+        log.info("resumed from %s at step %d (saved on %d ranks)", path, self.step, saved_world)

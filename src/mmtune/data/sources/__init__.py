@@ -8,6 +8,9 @@ Public API:
   (a caption list gets a fresh choice per epoch, seeded by ``(seed, epoch, index)``), ``load_bad`` (entries
   that could not be parsed when the files were read).
 * :class:`ShardSource`: ``shards`` (the expanded URLs) and ``read(shard) -> Iterator[Record | BadRecord]``.
+* Both: ``records() -> Iterator[Record | BadRecord]``, every record in file order (epoch 0, seed 0), and
+  ``entries() -> Iterator[(Record | BadRecord, dict)]``, each with its raw entry (a map source's parsed
+  entry: captions list, ``answers``, ``scene``, ...; ``{}`` for a shard source).
 * :func:`detect_kind` ``(urls) -> kind``: webdataset for ``.tar`` shards, else decided by the first entry
   (``conversations`` -> llava, ``instruction`` + ``output`` -> alpaca, else a caption manifest).
 
@@ -74,6 +77,16 @@ class MapSource:
         except DataError as exc:
             return BadRecord(self.name, location, str(exc).removeprefix(f"{location}: "))
 
+    def records(self) -> Iterator[Union[Record, BadRecord]]:
+        """Every entry as a record (or bad record), in file order."""
+        return (self.record(index) for index in range(len(self)))
+
+    def entries(self) -> Iterator[tuple[Union[Record, BadRecord], dict]]:
+        """Every entry as a record (or bad record) with its raw entry dict, in file order."""
+        for index in range(len(self)):
+            table, local = self.locate(index)
+            yield self.record(index), table.entry(local)
+
 
 @dataclass
 class ShardSource:
@@ -87,6 +100,15 @@ class ShardSource:
     def read(self, shard: str) -> Iterator[Union[Record, BadRecord]]:
         """The samples of one shard, in order."""
         return read_shard(shard, self.opts)
+
+    def records(self) -> Iterator[Union[Record, BadRecord]]:
+        """The samples of every shard, shard after shard."""
+        for shard in self.shards:
+            yield from self.read(shard)
+
+    def entries(self) -> Iterator[tuple[Union[Record, BadRecord], dict]]:
+        """:meth:`records`, each with an empty raw entry (a shard sample has no entry dict)."""
+        return ((record, {}) for record in self.records())
 
 
 Source = Union[MapSource, ShardSource]
