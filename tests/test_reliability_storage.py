@@ -16,7 +16,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers_reliability import fast_tokenizer, write_config, write_manifest
 from mmtune.cli import main
@@ -61,15 +60,15 @@ def run_with_fault(tmp_path: Path, data: dict, monkeypatch, capsys, fault: str) 
             return real_stream(self, path, mode)
 
         monkeypatch.setattr(FileSystem, "create_stream", full_disk)
-    elif fault == "permission denied":
-        real_save = torch.save
+    elif fault == "permission denied":  # the checkpoint.json written beside the DCP files
+        real_write = Path.write_text
 
-        def unwritable(obj, f, *args, **kwargs):  # noqa: ANN001, ANN202
-            if isinstance(f, (str, Path)) and strike(f):
-                raise PermissionError(errno.EACCES, "Permission denied", str(f))
-            return real_save(obj, f, *args, **kwargs)
+        def unwritable(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            if strike(self):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_write(self, *args, **kwargs)
 
-        monkeypatch.setattr(torch, "save", unwritable)
+        monkeypatch.setattr(Path, "write_text", unwritable)
     else:  # a regular file where the step-4 directory must be made: a real OS error, nothing patched
         real_barrier = ckpt.barrier
 
