@@ -26,6 +26,7 @@ demo: venv
 	$(BIN)/mmtune quickstart --out runs/quickstart
 
 test: venv browser
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from mmtune.errors import DataError
-from mmtune.serving.api import ServerSettings, create_app
 from mmtune.inference.request import ChatRequest, Completion
+from mmtune.serving.api import ServerSettings, create_app
 from mmtune.serving.server import BackgroundServer
 
 

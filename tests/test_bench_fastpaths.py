@@ -85,7 +85,7 @@ def test_sample_segments_read_contiguous_runs_and_refuse_split_ids():
 
 @pytest.mark.parametrize("name", ["mha", "gqa"])
 def test_packed_rows_attend_sample_by_sample_like_the_mask(name):
-    from mmtune.models.llama import attention_mask, segment_attention, sample_segments
+    from mmtune.models.llama import attention_mask, sample_segments, segment_attention
 
     gen = torch.Generator().manual_seed(0)
     heads_kv = 2 if name == "gqa" else 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmtune import cli
-from mmtune.bench.synthetic import MixtureSpec, synthetic_mixture, synthetic_photos
+from mmtune.bench.synthetic import MixtureSpec, synthetic_mixture
 from mmtune.bench.train import hf_inputs, plan_steps, run_train_bench
 from mmtune.config import load_config
 from mmtune.data.batch import Batch

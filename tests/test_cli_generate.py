@@ -14,11 +14,11 @@ from PIL import Image
 from mmtune import cli
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.records import Message
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
-from mmtune.inference.engine import Engine
-from mmtune.inference.request import ChatRequest
 
 
 @pytest.fixture(scope="module")

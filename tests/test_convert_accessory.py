@@ -22,11 +22,11 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import Blip2Config, Blip2Model
 
-from mmtune.formats.convert_accessory import accessory_source
-from mmtune.formats.pipeline import write_saved_model
 from mmtune.cli import main
 from mmtune.config import VisionConfig, build
 from mmtune.errors import CheckpointError
+from mmtune.formats.convert_accessory import accessory_source
+from mmtune.formats.pipeline import write_saved_model
 from mmtune.models.adapters import meta
 from mmtune.models.io import load_model
 from mmtune.models.tokenizer import Tokenizer

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from mmtune.formats.convert_hf import hf_source
-from mmtune.formats.pipeline import write_saved_model
 from mmtune.cli import main
 from mmtune.errors import CheckpointError
+from mmtune.formats.convert_hf import hf_source
+from mmtune.formats.pipeline import write_saved_model
 from mmtune.models.io import load_model
 
 VOCAB = 32000

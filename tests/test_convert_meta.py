@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtune.formats.convert_meta import meta_source
-from mmtune.formats.pipeline import write_saved_model
-from mmtune.formats.reading import load_torch
 from mmtune.cli import main
 from mmtune.config import ModelConfig
 from mmtune.errors import CheckpointError
+from mmtune.formats.convert_meta import meta_source
+from mmtune.formats.pipeline import write_saved_model
+from mmtune.formats.reading import load_torch
 from mmtune.models.adapters import meta
 from mmtune.models.io import load_model
 from mmtune.models.llama import Transformer

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtune.data.encode import (EncodedSample, RecordEncoder, Skipped, encode_prompt, encode_record,
-                                supervision_spans)
+from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped, encode_prompt, encode_record, supervision_spans
 from mmtune.data.records import Message, Record, caption_record, chat_record
 from mmtune.data.templates import get_template
 from mmtune.errors import ConfigError, DataError

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
 
-from mmtune.formats.export_hf import export
 from mmtune.cli import main
 from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.images import ImageTransform
 from mmtune.data.records import chat_record
 from mmtune.data.templates import get_template
 from mmtune.errors import CheckpointError
+from mmtune.formats.export_hf import export
 from mmtune.models.generate import SamplingParams, generate
 from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
@@ -57,7 +57,8 @@ def test_llava_export_gives_the_same_greedy_answer(exported, vision):
     ours = load_model(src)
     tok = Tokenizer.from_path(out)
     n = ours.num_image_tokens
-    prompt = [tok.bos_id] + tok.encode("USER: ") + [tok.image_token_id] * n + tok.encode("\nWhat is it? ASSISTANT:", continuation=True)
+    prompt = [tok.bos_id] + tok.encode("USER: ") + [tok.image_token_id] * n
+    prompt += tok.encode("\nWhat is it? ASSISTANT:", continuation=True)
     pixels = torch.randn(1, 3, 32, 32)
     expected = generate(ours, [prompt], pixels, SamplingParams(max_new_tokens=12))[0]
     with torch.no_grad():

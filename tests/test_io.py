@@ -149,7 +149,8 @@ def test_key_and_shape_problems_are_listed(tmp_path: Path) -> None:
     (tmp_path / "a" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"25 shape mismatches: connector.linear_1.bias: saved \[64\] vs model \[128\]"):
         load_model(tmp_path / "a")
-    save_model(make(None), tmp_path / "b", state_dict={**{f"llm.{k}": v for k, v in model.llm.state_dict().items()}, "extra.weight": torch.ones(1)})
+    llm = {f"llm.{k}": v for k, v in model.llm.state_dict().items()}
+    save_model(make(None), tmp_path / "b", state_dict={**llm, "extra.weight": torch.ones(1)})
     with pytest.raises(CheckpointError, match=r"unexpected keys: extra\.weight"):
         load_model(tmp_path / "b")
     config["model"]["dim"] = -1

@@ -10,8 +10,7 @@ import transformers
 
 from mmtune.config import ModelConfig, RopeScaling
 from mmtune.errors import CheckpointError
-from mmtune.models.adapters.hf_llama import (from_hf_config, from_hf_state_dict, to_hf_config,
-                                             to_hf_state_dict)
+from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from mmtune.models.llama import KVCache, Transformer, ffn_hidden_dim
 
 VOCAB = 211

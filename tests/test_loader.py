@@ -12,11 +12,11 @@ from data_factory import alpaca_items, config, llava_items, write_images, write_
 from mmtune.config import SourceConfig
 from mmtune.data.batch import Batch
 from mmtune.data.encode import IGNORE_INDEX
+from mmtune.data.images import ImageTransform
 from mmtune.data.loader import build_loader
+from mmtune.data.processor import Processor
 from mmtune.errors import DataError
 from mmtune.models.tokenizer import Tokenizer
-from mmtune.data.images import ImageTransform
-from mmtune.data.processor import Processor
 from mmtune.models.vision import ImageSettings
 
 IMAGE_TOKENS = 4

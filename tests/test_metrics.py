@@ -6,8 +6,15 @@ import math
 
 import pytest
 
-from mmtune.evaluation.metrics import (bleu, caption_exact_match, cider_d, normalize_vqa_answer,
-                                       tokenize_caption, vqa_exact_match, vqa_soft_accuracy)
+from mmtune.evaluation.metrics import (
+    bleu,
+    caption_exact_match,
+    cider_d,
+    normalize_vqa_answer,
+    tokenize_caption,
+    vqa_exact_match,
+    vqa_soft_accuracy,
+)
 
 
 def test_tokenize_caption_drops_punctuation_and_case():

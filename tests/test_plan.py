@@ -12,8 +12,16 @@ from mmtune.cli import main
 from mmtune.config import ConnectorConfig, ModelConfig, TrainableConfig, VisionConfig, build
 from mmtune.models.llama import Transformer, rope_rotation
 from mmtune.models.vlm import VisionLanguageModel
-from mmtune.planning import (Layout, Workload, activation_bytes_per_token, candidate_layouts, count_parameters,
-                             decoder_parameters, estimate, plan)
+from mmtune.planning import (
+    Layout,
+    Workload,
+    activation_bytes_per_token,
+    candidate_layouts,
+    count_parameters,
+    decoder_parameters,
+    estimate,
+    plan,
+)
 
 
 def _numel(module: torch.nn.Module) -> int:

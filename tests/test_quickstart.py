@@ -41,7 +41,8 @@ def test_stage_configs_point_at_the_world(tmp_path, connector):
     assert {s.kind for s in two.data.sources} == {"llava", "alpaca"}
     assert all(s.path.startswith(str(world)) for s in two.data.sources)
     raw = yaml.safe_load((tmp_path / "configs" / "stage2.yaml").read_text())
-    assert raw["training"]["max_steps"] == load_config(CONFIGS / f"{'quickstart' if connector == 'mlp' else 'quickstart-qformer'}-stage2.yaml").training.max_steps
+    preset = CONFIGS / f"{'quickstart' if connector == 'mlp' else 'quickstart-qformer'}-stage2.yaml"
+    assert raw["training"]["max_steps"] == load_config(preset).training.max_steps
 
 
 def test_missing_config_dir_is_a_one_line_error(tmp_path, capsys):

@@ -3,7 +3,8 @@
 Each case runs the real ``python -m mmtune`` entry point (in one warm driver process that forks a
 child per case, see :func:`helpers_reliability.run_cli_cases`) and must end with exit code 2, one clear
 ``mmtune ...: error: ...`` line on stderr naming what is wrong, and no traceback. Bad config *values*
-through ``load_config`` are covered by tests/test_config.py; this table is about the CLI surface, and leaves out the cases tests/test_cli.py and tests/test_cli_generate.py already run
+through ``load_config`` are covered by tests/test_config.py; this table is about the CLI surface, and leaves
+out the cases tests/test_cli.py and tests/test_cli_generate.py already run
 (unknown command, missing image, URL image, unknown template, --batch without --out, empty answer).
 """
 

@@ -2,7 +2,8 @@
 
 The run is the debug stage-1 model on a caption manifest (map mode, so the data order does not depend
 on the number of ranks): 6 optimizer steps, a checkpoint every 2. The uninterrupted reference, and the
-1-rank restart, run in this process (one thread, as the children). After any kill, every ``step_N`` directory must be a complete checkpoint (a partial
+1-rank restart, run in this process (one thread, as the children). After any kill, every ``step_N`` directory
+must be a complete checkpoint (a partial
 write only ever exists as ``step_N.tmp``), and the restarted run must reproduce the reference losses
 exactly from the resume point on (1 rank; 2 ranks reproduce their own replayed steps exactly and the
 1-rank losses to float rounding). tests/test_train_faults.py covers an exception (not a kill) mid-save.
@@ -15,8 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_reliability import (alive, fast_tokenizer, kill_when, losses_by_step, mmtune, read_metrics, start,
-                                 write_config, write_manifest)
+from helpers_reliability import (
+    alive,
+    fast_tokenizer,
+    kill_when,
+    losses_by_step,
+    mmtune,
+    read_metrics,
+    start,
+    write_config,
+    write_manifest,
+)
 from mmtune.training import checkpoint as ckpt
 
 STEPS = 4

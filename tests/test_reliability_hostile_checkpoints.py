@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmtune.formats.reading import load_torch
 from mmtune.config import Config, build
 from mmtune.errors import CheckpointError
+from mmtune.formats.reading import load_torch
 from mmtune.models.io import load_model, save_model
 from mmtune.models.vlm import build_model
 from mmtune.models.weights import read_weights, safetensors_files

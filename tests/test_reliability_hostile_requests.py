@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
-from mmtune.data.images import ImageTransform
+from mmtune.data.processor import Processor
+from mmtune.inference.engine import Engine
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
-from mmtune.inference.engine import Engine
-from mmtune.data.processor import Processor
 from mmtune.serving.server import BackgroundServer
 
 FLOOD = 24

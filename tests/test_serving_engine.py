@@ -8,8 +8,8 @@ and user mistakes behave as documented; and the API serves the real engine over 
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
 import io
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -19,16 +19,16 @@ from PIL import Image
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.encode import encode_prompt, encode_record
 from mmtune.data.images import ImageTransform
+from mmtune.data.processor import Processor
 from mmtune.data.records import IMAGE_MARKER, Message, Record
 from mmtune.errors import ConfigError, DataError
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest, Completion
 from mmtune.models.generate import SamplingParams, generate
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
 from mmtune.serving.chat import chat_loop
-from mmtune.inference.engine import Engine
-from mmtune.data.processor import Processor
-from mmtune.inference.request import ChatRequest, Completion
 from mmtune.serving.server import BackgroundServer
 
 
@@ -62,7 +62,8 @@ def test_greedy_answer_equals_generate_on_the_data_layer_prompt(engine):
     pixels = engine.processor.image_transform(image)[None]
     expected = generate(engine.model, [prompt], pixels, SamplingParams(max_new_tokens=12, stop_ids=(engine.tokenizer.eos_id,)))[0]
     assert completion.token_ids == expected and len(expected) > 0
-    assert completion.prompt_tokens == len(prompt) and prompt.count(engine.tokenizer.image_token_id) == engine.model.num_image_tokens
+    assert completion.prompt_tokens == len(prompt)
+    assert prompt.count(engine.tokenizer.image_token_id) == engine.model.num_image_tokens
     assert completion.text == engine.tokenizer.decode(expected).strip()
     assert completion.finish_reason == ("length" if len(expected) == 12 else "stop")
 
@@ -113,7 +114,8 @@ def test_score_matches_a_full_forward_and_template_none_is_raw(engine):
     assert with_eos.token_ids == score.token_ids + [tok.eos_id]
     assert with_eos.logprobs[:-1] == pytest.approx(score.logprobs, abs=1e-5)
     rendered = engine.score(ask("Color?", image=image), "green and round")
-    assert tok.decode(rendered.prompt_ids).endswith("### Response:") and rendered.token_ids == score.token_ids[:len(rendered.token_ids)]
+    assert tok.decode(rendered.prompt_ids).endswith("### Response:")
+    assert rendered.token_ids == score.token_ids[:len(rendered.token_ids)]
 
 
 @pytest.mark.parametrize("system", ["", "Answer in one word."])

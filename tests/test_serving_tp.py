@@ -19,11 +19,11 @@ from PIL import Image
 
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.data.records import IMAGE_MARKER, Message
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
-from mmtune.inference.engine import Engine
-from mmtune.inference.request import ChatRequest
 from mmtune.serving.server import free_port
 
 

@@ -11,9 +11,22 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmtune.data.synth import (PHRASINGS, Scene, Shape, WorldSizes, caption, caption_correct, is_held_out,
-                               parse_caption, questions, render, sample_scene, sample_scenes, text_task,
-                               write_world)
+from mmtune.data.synth import (
+    PHRASINGS,
+    Scene,
+    Shape,
+    WorldSizes,
+    caption,
+    caption_correct,
+    is_held_out,
+    parse_caption,
+    questions,
+    render,
+    sample_scene,
+    sample_scenes,
+    text_task,
+    write_world,
+)
 from mmtune.data.synth.grammar import CAPTION_PROMPTS, NUMBERS
 from mmtune.data.synth.world import COLOURS, POSITIONS, scene_key
 

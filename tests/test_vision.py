@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Model, CLIPConfig, CLIPModel,
-                          CLIPVisionConfig, CLIPVisionModel, OPTConfig)
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Model,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    OPTConfig,
+)
 
 from mmtune import presets
 from mmtune.config import Config, VisionConfig, build

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from mmtune.config import Config, TrainableConfig, build
+from mmtune.config import Config, build
 from mmtune.errors import CheckpointError, ConfigError
 from mmtune.models.adapters.hf_llava import from_llava_state_dict, to_llava_config, to_llava_state_dict
 from mmtune.models.vlm import VisionLanguageModel, build_model

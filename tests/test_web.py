@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from mmtune.config import Config, ConnectorConfig, ModelConfig, VisionConfig, build
+from mmtune.data.processor import Processor
 from mmtune.data.records import IMAGE_MARKER, Message
+from mmtune.inference.engine import Engine
+from mmtune.inference.request import ChatRequest
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vlm import build_model
 from mmtune.serving.api import ServerSettings, create_app
-from mmtune.inference.engine import Engine
-from mmtune.data.processor import Processor
-from mmtune.inference.request import ChatRequest
 from mmtune.serving.server import BackgroundServer
 
 CHROMIUM = "/usr/bin/chromium"

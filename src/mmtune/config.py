@@ -130,7 +130,8 @@ class ConnectorConfig:
     """What turns vision features into decoder embeddings."""
 
     kind: Literal["mlp", "qformer"] = "mlp"
-    """mlp: LLaVA-1.5 Linear-GELU-Linear at <image>; qformer: LLaMA2-Accessory's Linear+LayerNorm with boundary tokens after BOS."""
+    """mlp: LLaVA-1.5 Linear-GELU-Linear at <image>; qformer: LLaMA2-Accessory's Linear+LayerNorm with boundary
+    tokens after BOS."""
     hidden_dim: Optional[int] = None
     """Inner width of the mlp connector; None uses the decoder's dim."""
     merge: int = 1

@@ -18,6 +18,7 @@ import yaml
 from mmtune import presets
 from mmtune.errors import ConfigError
 
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:

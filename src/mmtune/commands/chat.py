@@ -12,8 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtune.serving.chat import chat_loop
     from mmtune.commands.serving_options import engine_from_args, request_from_args
+    from mmtune.serving.chat import chat_loop
 
     engine = engine_from_args(args)
     chat_loop(engine.generate, request_from_args(args, None, prefix=None))

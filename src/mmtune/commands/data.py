@@ -25,7 +25,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
                              "mmtune.commands.data:ConvertCommand"),
     "inspect": ("Show one rendered sample per source and counts over the data of a config.",
                 "mmtune.commands.data:InspectCommand"),
-    "synth": ("Write the synthetic shape world (shards, LLaVA/Alpaca JSON, tokenizer).", "mmtune.commands.quickstart:SynthCommand"),
+    "synth": ("Write the synthetic shape world (shards, LLaVA/Alpaca JSON, tokenizer).",
+              "mmtune.commands.quickstart:SynthCommand"),
 }
 
 

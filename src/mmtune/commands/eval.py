@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError("--limit", args.limit, "a positive integer")
     result = evaluate(args.model, args.data, args.task, template=args.template, prompt=args.prompt,
-                      system_prompt=args.system_prompt, batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                      system_prompt=args.system_prompt, batch_size=args.batch_size, limit=args.limit,
+                      max_new_tokens=args.max_new_tokens,
                       image_root=args.image_root)
     for key, value in result.items():
         if isinstance(value, float):

@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmtune.formats.export_hf import export
     from mmtune.errors import ConfigError
+    from mmtune.formats.export_hf import export
 
     if args.llm_only and args.format != "hf":
         raise ConfigError("--llm-only", True, "only together with --format hf")

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from mmtune.errors import ConfigError
     from mmtune.commands.serving_options import engine_from_args, local_image, request_from_args
+    from mmtune.errors import ConfigError
 
     if bool(args.batch) != bool(args.out):
         raise ConfigError("--batch/--out", args.batch or args.out, "both --batch FILE and --out FILE, or neither")

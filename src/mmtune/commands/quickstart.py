@@ -188,8 +188,8 @@ def _vocab_size(world: Path) -> int:
 
 def _train(config: Path, model_dir: Path, loss_png: Path) -> int:
     """Trains one stage in this process with the real trainer, exports it; returns its step count."""
-    from mmtune.formats.export_hf import export
     from mmtune.config import load_config
+    from mmtune.formats.export_hf import export
     from mmtune.training.run import run_training
 
     cfg = load_config(config)

@@ -24,9 +24,9 @@ from mmtune.config import SourceConfig
 from mmtune.data.badrecords import BadRecord
 from mmtune.data.records import ImageRef, Message, Record
 from mmtune.errors import DataError
+from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d, vqa_exact_match, vqa_soft_accuracy
 from mmtune.inference.engine import Engine
 from mmtune.inference.request import ChatRequest
-from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d, vqa_exact_match, vqa_soft_accuracy
 
 log = logging.getLogger(__name__)
 

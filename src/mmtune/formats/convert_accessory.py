@@ -17,11 +17,11 @@ from typing import Any, Optional
 
 import torch
 
+from mmtune.config import ConnectorConfig, VisionConfig, build
+from mmtune.errors import CheckpointError
 from mmtune.formats.convert_meta import embedding_rows, merged_tensors
 from mmtune.formats.pipeline import Source, Tensors, vision_prefix
 from mmtune.formats.reading import load_torch, numbered_shards, read_json, tensors_of
-from mmtune.config import ConnectorConfig, VisionConfig, build
-from mmtune.errors import CheckpointError
 from mmtune.models.adapters import accessory
 from mmtune.models.weights import iter_safetensors, safetensors_files
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from mmtune.config import ConnectorConfig, VisionConfig
 from mmtune.formats.pipeline import Source, Tensors
 from mmtune.formats.reading import read_json
-from mmtune.config import ConnectorConfig, VisionConfig
 from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict
 from mmtune.models.weights import iter_safetensors, safetensors_files
 

@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 import torch
 
-from mmtune.formats.pipeline import Source, Tensors
-from mmtune.formats.reading import load_torch, numbered_shards, read_json, tensors_of
 from mmtune.config import ConnectorConfig, VisionConfig
 from mmtune.errors import CheckpointError
+from mmtune.formats.pipeline import Source, Tensors
+from mmtune.formats.reading import load_torch, numbered_shards, read_json, tensors_of
 from mmtune.models.adapters import meta
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 import torch
 
+from mmtune.errors import CheckpointError
 from mmtune.formats.card import find_run_info, release_card
 from mmtune.formats.pipeline import check_absent, finish_output, fresh_output
-from mmtune.errors import CheckpointError
 from mmtune.models.weights import ShardedWriter, read_model_config
 
 log = logging.getLogger(__name__)

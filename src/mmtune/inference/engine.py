@@ -1,10 +1,11 @@
 """The inference engine: a saved model and its :class:`~mmtune.data.processor.Processor`.
 
 :meth:`Engine.prepare` turns a :class:`~mmtune.inference.request.ChatRequest` into prompt token ids
-(rendered by the processor, exactly as training renders them), pixel values and sampling parameters; :meth:`Engine.run` generates with :func:`mmtune.models.generate.generate` and
-streams text through ``on_text``; :meth:`Engine.run_batch` answers several prepared requests in one
-left-padded batch (``mmtune generate --batch`` and evaluation). :meth:`Engine.score` gives per-token log-probabilities of an
-answer. User mistakes (unknown template, unreadable image, prompt too long) raise
+(rendered by the processor, exactly as training renders them), pixel values and sampling parameters;
+:meth:`Engine.run` generates with :func:`mmtune.models.generate.generate` and streams text through
+``on_text``; :meth:`Engine.run_batch` answers several prepared requests in one left-padded batch (``mmtune
+generate --batch`` and evaluation). :meth:`Engine.score` gives per-token log-probabilities of an answer.
+User mistakes (unknown template, unreadable image, prompt too long) raise
 :class:`~mmtune.errors.MMTuneError` subclasses from ``prepare``, before any model work.
 """
 
@@ -21,9 +22,9 @@ import torch
 from mmtune.data.processor import Processor
 from mmtune.data.records import Message, Record
 from mmtune.errors import CheckpointError, ConfigError, DataError
-from mmtune.models.generate import SamplingParams, generate
 from mmtune.inference.request import ChatRequest, Completion
 from mmtune.inference.textstream import TextStream
+from mmtune.models.generate import SamplingParams, generate
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,15 @@ from mmtune.errors import CheckpointError, ConfigError
 from mmtune.models.connectors import build_connector
 from mmtune.models.vision import VisionTower, build_tower, saved_vision_config
 from mmtune.models.vlm import VisionLanguageModel
-from mmtune.models.weights import (DEFAULT_SHARD_BYTES, ShardedWriter, check_state_dict, model_config_dict,
-                                   read_model_config, read_weights, write_model_config)
+from mmtune.models.weights import (
+    DEFAULT_SHARD_BYTES,
+    ShardedWriter,
+    check_state_dict,
+    model_config_dict,
+    read_model_config,
+    read_weights,
+    write_model_config,
+)
 
 if TYPE_CHECKING:
     from mmtune.models.tokenizer import Tokenizer

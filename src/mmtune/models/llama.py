@@ -239,8 +239,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor,
                 mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
-        """``x`` [B, T, dim] -> [B, T, dim] with RoPE ``rotation`` [B, T, head_dim / 2]; heads are inferred from the projections' widths. ``mask`` is a
-        boolean mask, packed-sample :data:`Segments`, or None (see :func:`attention_mask`)."""
+        """``x`` [B, T, dim] -> [B, T, dim] with RoPE ``rotation`` [B, T, head_dim / 2]; heads are inferred
+        from the projections' widths. ``mask`` is a boolean mask, packed-sample :data:`Segments`, or None
+        (see :func:`attention_mask`)."""
         b, t, _ = x.shape
         q = apply_rope(self.wq(x).view(b, t, -1, self.head_dim), rotation)
         k = apply_rope(self.wk(x).view(b, t, -1, self.head_dim), rotation)

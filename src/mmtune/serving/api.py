@@ -27,8 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mmtune.errors import MMTuneError
 from mmtune.inference.request import ChatRequest, Completion
-from mmtune.serving.schema import (RequestError, chunk_body, completion_body, error_body, new_id,
-                                   parse_request, usage)
+from mmtune.serving.schema import chunk_body, completion_body, error_body, new_id, parse_request, usage
 from mmtune.serving.worker import Overloaded, Worker
 
 logger = logging.getLogger(__name__)
