@@ -11,6 +11,7 @@ exactly from the resume point on (1 rank; 2 ranks reproduce their own replayed s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,12 +54,17 @@ def train_here(*args: str) -> int:
     """``mmtune train ARGS`` in this process, on one thread as in the child processes (OMP_NUM_THREADS=1)."""
     from mmtune.cli import main
 
-    threads = torch.get_num_threads()
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # else the run picks its own thread count (distributed.env.cpu_threads_for)
     try:
         return main(["train", *args])
     finally:
         torch.set_num_threads(threads)
+        if variable is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = variable
 
 
 def assert_no_partial_checkpoint(run: Path) -> list[str]:

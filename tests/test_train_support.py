@@ -21,7 +21,6 @@ from mmtune.config import Config, load_config
 from mmtune.data.batch import Batch
 from mmtune.distributed.env import init_distributed, shutdown
 from mmtune.models.vlm import build_model
-from mmtune.training.run import load_saved_weights
 from mmtune.training.trainer import RunParts, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +111,7 @@ def train_in_process(cfg: Config, resume: Path | None = None, nan_steps: tuple[i
     holder: dict = {}
     ok = False
     try:
-        holder["trainer"] = Trainer(cfg, env, RunParts(build, loader, IMAGE_ID, load_saved_weights))
+        holder["trainer"] = Trainer(cfg, env, RunParts(build, loader, IMAGE_ID))
         last = holder["trainer"].fit(resume)
         ok = True
     finally:

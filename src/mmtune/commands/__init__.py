@@ -2,3 +2,7 @@
 
 Keep top-level imports to the standard library; import torch and friends inside ``run``.
 """
+
+MODEL_HELP = (  # the help of every --model option
+    "the model, in any accepted format (detected from its files): saved model, training run or checkpoint, "
+    "Meta release, Hugging Face Llama / Mistral / Qwen2 or LLaVA directory, LLaMA2-Accessory checkpoint")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmtune.commands import MODEL_HELP
+
 ACCEPTS_OVERRIDES = True
 
 RATIO_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "tokens_per_s", "supervised_tokens_per_s",
@@ -20,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Registers the ``generate``, ``train`` and ``data`` benchmarks and their options."""
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     g = sub.add_parser("generate", help="prefill/decode tokens/s vs transformers' generate on the same weights")
-    g.add_argument("--model", required=True, help="saved-model directory")
+    g.add_argument("--model", required=True, help=MODEL_HELP)
     g.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     g.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per row (default 128)")
     g.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
@@ -83,12 +85,12 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 def _generate(args: argparse.Namespace) -> list:
     from mmtune.bench.generate import run_generate_bench
     from mmtune.errors import ConfigError
-    from mmtune.models.io import load_model
+    from mmtune.formats.loading import load_any
 
     if args.overrides:
         raise ConfigError("bench generate", " ".join(args.overrides), "no --section.field overrides")
     _positive(args, "batch", "prompt_len", "new_tokens", "repeats")
-    model = load_model(args.model)
+    model = load_any(args.model).model
     try:
         return run_generate_bench(model.llm, batch=args.batch, prompt_len=args.prompt_len,
                                   new_tokens=args.new_tokens, repeats=args.repeats)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from mmtune.commands import MODEL_HELP
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Registers the model, data, task and decoding options."""
-    p.add_argument("--model", required=True, metavar="DIR", help="saved-model directory")
+    p.add_argument("--model", required=True, metavar="PATH", help=MODEL_HELP)
     p.add_argument("--data", required=True, metavar="FILE",
                    help="dataset in any supported format (manifest, webdataset shards, LLaVA or Alpaca JSON)")
     p.add_argument("--task", required=True, choices=["caption", "vqa"], help="what to score")

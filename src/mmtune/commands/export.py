@@ -6,8 +6,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="MODEL|CKPT",
-                   help="saved-model directory, training checkpoint (step_N) or run directory (newest checkpoint)")
+    p.add_argument("path", metavar="PATH",
+                   help="the model in any accepted format (a training run directory: its newest checkpoint)")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--format", choices=["mmtune", "hf"], default="mmtune",
                    help="mmtune saved model, or Hugging Face LlavaForConditionalGeneration (default: mmtune)")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from mmtune.commands import MODEL_HELP
+
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
     """The model, template and sampling options shared by generate, chat and serve."""
-    p.add_argument("--model", required=True, metavar="DIR", help="saved-model directory")
+    p.add_argument("--model", required=True, metavar="PATH", help=MODEL_HELP)
     p.add_argument("--template", default=None,
                    help="prompt template (alpaca, caption, plain, llava_v1, llama2_chat, none; default alpaca)")
     p.add_argument("--system-prompt", default=None, help="replaces the template's default system prompt")

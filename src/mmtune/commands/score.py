@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from mmtune.commands import MODEL_HELP
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="saved-model directory")
+    p.add_argument("--model", required=True, metavar="PATH", help=MODEL_HELP)
     p.add_argument("--image", default=None, metavar="PATH", help="local image file (no URLs)")
     p.add_argument("--prompt", default="", help="the question (may be empty)")
     p.add_argument("--answer", required=True, help="the answer to score")

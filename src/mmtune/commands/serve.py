@@ -61,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.serving.launch import serve
 
     check_limits(args)
-    return serve(lambda device: engine_from_args(args, device), settings_from_args(args), args.host, args.port,
-                 args.model)
+    return serve(lambda device, prepare: engine_from_args(args, device, prepare), settings_from_args(args),
+                 args.host, args.port, args.model)

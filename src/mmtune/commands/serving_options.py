@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from mmtune.data.records import Message
 from mmtune.errors import ConfigError, DataError
@@ -15,8 +15,10 @@ from mmtune.inference.request import ChatRequest
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def engine_from_args(args: argparse.Namespace, device: Optional[str] = None) -> Engine:
-    """Loads ``--model`` on ``device`` (default ``--device``) in ``--dtype`` with ``--template`` as the default."""
+def engine_from_args(args: argparse.Namespace, device: Optional[str] = None,
+                     prepare: Optional[Callable[[Any], None]] = None) -> Engine:
+    """Loads ``--model`` (any accepted format) on ``device`` (default ``--device``) in ``--dtype`` with
+    ``--template`` as the default; ``prepare`` splits the meta-device model first (tensor parallel)."""
     import torch
 
     where = device or args.device
@@ -29,7 +31,7 @@ def engine_from_args(args: argparse.Namespace, device: Optional[str] = None) -> 
         raise ConfigError("--device", where, "a torch device such as cpu or cuda:0") from None
     return Engine.from_dir(args.model, device=str(device), dtype=getattr(torch, DTYPES[dtype]),
                            template=args.template or "alpaca",
-                           max_image_pixels=getattr(args, "max_image_pixels", None))
+                           max_image_pixels=getattr(args, "max_image_pixels", None), prepare=prepare)
 
 
 def local_image(path: Optional[str]) -> Optional[bytes]:

@@ -1,21 +1,18 @@
-"""Turns a sharded meta-device model into real weights without a full copy on every rank.
+"""Fills a sharded model tensor by tensor: each rank keeps only its own shard or slice of each tensor.
 
-Rank 0 holds one ordinary model on the CPU (freshly initialised with the run's seed, or loaded from
-saved weights); every rank has the sharded model built on the meta device. After ``to_empty``,
-``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`` streams rank 0's tensors
-and each rank keeps its shard. Buffers (including non-persistent ones such as RoPE tables and the
-position ids of transformers' vision towers) are broadcast too, so the result does not depend on the
-number of ranks.
+A model is built on the meta device, parallelised (FSDP2 / tensor parallel), then ``to_empty`` gives
+every rank storage for its own pieces only. :func:`copy_full` takes one full tensor (read from a file, or
+a freshly initialised unit) and copies the part this rank holds into the parameter: a row block for an
+FSDP shard, a column or row block for a tensor-parallel slice, both for 2-D. Nothing is broadcast and no
+rank ever holds more than its shards plus the one full tensor in hand.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -27,17 +24,32 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def state_targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s parameters and persistent buffers (DTensors when sharded) under canonical names;
+    a tied weight appears under each of its names."""
+    return {canonical_name(k): v for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def local_piece(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The part of ``full`` (the whole tensor, on the CPU) that ``target`` holds on this rank.
+
+    Plain row / column shards are sliced on the CPU; other placements (FSDP's strided shards over a
+    tensor-parallel dimension) go through ``distribute_tensor`` without communication.
+    """
+    if not isinstance(target, DTensor):
+        return full
+    mesh, placements = target.device_mesh, target.placements
+    if all(type(p) in (Shard, Replicate) for p in placements):
+        shape, offset = compute_local_shape_and_global_offset(full.shape, mesh, placements)
+        return full[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+    return distribute_tensor(full, mesh, placements, src_data_rank=None).to_local()
+
+
 @torch.no_grad()
-def materialize(model: nn.Module, source: Optional[nn.Module], device: torch.device) -> None:
-    """Allocates the sharded ``model`` on ``device`` and fills it from rank 0's ``source`` (collective;
-    ``source`` is None on the other ranks). Keys and shapes must match exactly."""
-    model.to_empty(device=device)
-    full = source.state_dict() if source is not None else {}
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
-    set_model_state_dict(model, full, options=options)
-    source_buffers = dict(source.named_buffers()) if source is not None else {}
-    for name, buf in model.named_buffers():
-        if source is not None:
-            buf.copy_(source_buffers[canonical_name(name)])
-        if dist.is_initialized():
-            dist.broadcast(buf, src=0)
+def copy_full(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copies this rank's part of the full tensor ``full`` into ``target`` (cast to its dtype and device)."""
+    piece = local_piece(full, target)
+    local = target.to_local() if isinstance(target, DTensor) else target
+    if local.shape != piece.shape:
+        raise AssertionError(f"local shard {tuple(local.shape)} != piece {tuple(piece.shape)}")
+    local.copy_(piece)

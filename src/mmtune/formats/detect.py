@@ -33,8 +33,9 @@ HF_DECODERS = ("llama", "mistral", "qwen2")
 
 
 def accepted() -> str:
-    """The accepted formats in one phrase (for error messages)."""
-    return "; ".join(FORMATS.values())
+    """The accepted formats in one short phrase (for error messages)."""
+    return ("an mmtune saved model or training run, Meta's release, a Hugging Face Llama / Mistral / Qwen2 or "
+            "LLaVA directory, or a LLaMA2-Accessory checkpoint (docs/checkpoints.md)")
 
 
 def _found(path: Path) -> str:

@@ -122,12 +122,6 @@ def export_llama(model_dir: str | Path, out: str | Path) -> Path:
     return finish_output(tmp, out)
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    from mmtune.training.checkpoint import is_checkpoint, list_checkpoints
-
-    return is_checkpoint(path) or bool(list_checkpoints(path))
-
-
 def _card(out: Path, fmt: str, places: list[Optional[Path]]) -> None:
     config = json.loads((out / "config.json").read_text())
     if "text_config" in config or "model" not in config:
@@ -141,25 +135,30 @@ def _card(out: Path, fmt: str, places: list[Optional[Path]]) -> None:
 
 
 def export(path: str | Path, out: str | Path, fmt: str = "mmtune", llm_only: bool = False) -> Path:
-    """``mmtune export``: a saved-model directory or a training checkpoint (a DCP ``step_N`` directory or a
-    run directory, whose newest checkpoint is taken) -> ``out`` in ``fmt`` (mmtune or hf), with a card."""
+    """``mmtune export``: a model in any accepted format (``formats.detect.FORMATS``; a training run's newest
+    checkpoint) -> ``out`` in ``fmt`` (mmtune or hf), with a card. Formats other than a saved model are
+    first written as one, tensor by tensor."""
+    from mmtune.formats.detect import detect_format, open_source
+    from mmtune.formats.pipeline import write_saved_model
     from mmtune.training.checkpoint import export_checkpoint, resolve_resume
 
     path, out = Path(path), Path(out)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a model directory or training checkpoint")
+    kind = detect_format(path)
     with tempfile.TemporaryDirectory() as scratch:
         places: list[Optional[Path]] = [path, path.parent]
         model_dir = path
-        if _is_training_checkpoint(path):
-            ckpt = resolve_resume(str(path), path)
-            assert ckpt is not None
+        if kind != "saved":
             model_dir = Path(scratch) / "model" if fmt == "hf" else out
             check_absent(model_dir)
+        if kind == "checkpoint":
+            ckpt = resolve_resume(str(path), path)
+            assert ckpt is not None
             export_checkpoint(ckpt, model_dir)
             places = [model_dir, ckpt, ckpt.parent.parent]
+        elif kind != "saved":
+            write_saved_model(open_source(path), model_dir)
         if fmt == "hf" and llm_only:
             export_llama(model_dir, out)
         elif fmt == "hf":

@@ -72,9 +72,9 @@ def _same_but_singletons(have: torch.Size, want: torch.Size) -> bool:
     return [d for d in have if d != 1] == [d for d in want if d != 1]
 
 
-def checked(source: Source, shapes: dict[str, torch.Size], progress: bool = True) -> Tensors:
+def checked(source: Source, shapes: dict[str, torch.Size], progress: bool = True, complete: bool = True) -> Tensors:
     """The source's tensors reshaped to the target's shapes, refusing unknown keys, mismatched shapes
-    and (after the last tensor) missing keys."""
+    and (after the last tensor, when ``complete``) missing keys."""
     unknown: list[str] = []
     mismatched: list[str] = []
     seen: set[str] = set()
@@ -103,7 +103,7 @@ def checked(source: Source, shapes: dict[str, torch.Size], progress: bool = True
     if mismatched:
         raise CheckpointError(f"shape mismatches (checkpoint != model): {_summary(mismatched)}")
     missing = sorted(set(shapes) - seen)
-    if missing:
+    if missing and complete:
         raise CheckpointError(f"missing keys (the model needs them): {_summary(missing)}")
 
 

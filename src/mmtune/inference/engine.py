@@ -72,12 +72,18 @@ class Engine:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, device: str = "cpu", dtype: Optional[torch.dtype] = None,
-                 template: str = "alpaca", max_image_pixels: Optional[int] = None) -> "Engine":
-        """Loads a saved-model directory (``mmtune init``, ``mmtune export``, ``mmtune convert`` write one)."""
-        from mmtune.models.io import load_model
+                 template: str = "alpaca", max_image_pixels: Optional[int] = None,
+                 prepare: Optional[Callable[[torch.nn.Module], None]] = None) -> "Engine":
+        """Loads a model in any accepted format (``mmtune.formats.detect.FORMATS``: a saved model, a training
+        run or checkpoint, Meta, Hugging Face Llama-family or LLaVA, LLaMA2-Accessory). It is built on the
+        meta device, split by ``prepare`` (tensor-parallel serving) and filled tensor by tensor on ``device``
+        in ``dtype`` (None: fp32), so each rank reads and holds only its own slices."""
+        from mmtune.formats.loading import load_any
 
-        processor = Processor.from_saved_model(model_dir).with_max_image_pixels(max_image_pixels)
-        return cls(load_model(model_dir, device=device, dtype=dtype), processor, template)
+        loaded = load_any(model_dir, device, dtype, prepare)
+        model = loaded.model
+        processor = Processor.from_sections(loaded.tokenizer, model.vision_cfg, model.connector_cfg)
+        return cls(model, processor.with_max_image_pixels(max_image_pixels), template)
 
     def describe(self) -> dict:
         """What front ends show: the template names and the default."""

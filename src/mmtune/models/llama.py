@@ -294,6 +294,22 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+@torch.no_grad()
+def init_decoder_module(module: nn.Module, n_layers: int, std: float = 0.02, prefix: str = "") -> None:
+    """Fresh weights for ``module``, the whole decoder or one part of it named ``prefix`` (``layers.3``):
+    normal(0, std) matrices and embeddings, each block's output projections (``attention.wo``,
+    ``feed_forward.w2``) with std scaled by ``1 / sqrt(2 * n_layers)``, zero biases, unit norms."""
+    out_std = std / math.sqrt(2 * n_layers)
+    for name, sub in module.named_modules(prefix=prefix):
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            deep = name.endswith(("attention.wo", "feed_forward.w2"))
+            nn.init.normal_(sub.weight, mean=0.0, std=out_std if deep else std)
+            if getattr(sub, "bias", None) is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, RMSNorm):
+            sub.reset_parameters()
+
+
 class Transformer(nn.Module):
     """The LLaMA-family decoder; parameter names follow Meta's release (see the module docstring).
 
@@ -333,17 +349,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
-        """Fresh initialisation: normal(0, std) matrices and embeddings, the output projections of each
-        block scaled by ``1 / sqrt(2 * n_layers)``, zero biases, unit norms; also rebuilds RoPE tables."""
-        out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                deep = name.endswith(("attention.wo", "feed_forward.w2"))
-                nn.init.normal_(module.weight, mean=0.0, std=out_std if deep else std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
+        """Fresh initialisation of every weight (:func:`init_decoder_module`); also rebuilds RoPE tables."""
+        init_decoder_module(self, self.cfg.n_layers, std)
         self.init_buffers()
 
     def forward(self, tokens: Optional[torch.Tensor] = None, *, embeds: Optional[torch.Tensor] = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from torch import nn
 from mmtune import presets
 from mmtune.config import VisionConfig
 from mmtune.errors import CheckpointError, ConfigError
-from mmtune.models.weights import check_state_dict, read_weights
+from mmtune.models.weights import WeightsReader, check_state_dict
 
 _MODEL_TYPES = {  # vision.kind -> config.json model_type -> layout
     "clip": {"clip": "full", "clip_vision_model": "vision"},
@@ -149,14 +149,29 @@ class VisionTower(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Copies the tower's weights from a transformers checkpoint directory (safetensors only)."""
-        directory = Path(path)
-        weights = read_weights(directory, select=self._select)
-        if not any(k.startswith(self.checkpoint_prefixes) for k in weights):
-            weights = {f"vision_model.{k}": v for k, v in weights.items()}  # a vision-only checkpoint
-        weights = {k: v for k, v in weights.items()
-                   if not k.startswith(self.ignored_prefixes) and not k.endswith("position_ids")}
-        check_state_dict(self, weights, f"vision.path {directory}")
+        weights = dict(self.pretrained_tensors(path))
+        check_state_dict(self, weights, f"vision.path {path}")
         self.load_state_dict(weights, strict=True)
+
+    def pretrained_tensors(self, path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tower's weights in a transformers checkpoint directory (safetensors only) under the
+        tower's own names, one tensor at a time; a full checkpoint's other models are skipped."""
+        reader = WeightsReader.open(path)
+        keys = [k for k in reader.keys() if self._select(k)]
+        vision_only = not any(k.startswith(self.checkpoint_prefixes) for k in keys)
+        for key, tensor in reader.tensors(self._select):
+            name = f"vision_model.{key}" if vision_only else key
+            if not name.startswith(self.ignored_prefixes) and not name.endswith("position_ids"):
+                yield name, tensor
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Rebuilds the non-persistent buffers (transformers' ``position_ids``: ``arange``) after a
+        meta-device build; any other buffer is an error, so a new tower kind cannot go unnoticed."""
+        for name, buf in self.named_buffers():
+            if not name.endswith("position_ids"):
+                raise AssertionError(f"no rule to rebuild the tower buffer {name}")
+            buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
 
     @staticmethod
     def _select(key: str) -> bool:

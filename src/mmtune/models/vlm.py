@@ -45,11 +45,24 @@ class VisionLanguageModel(nn.Module):
         self.frozen_parts: frozenset[str] = frozenset()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """Fresh weights for the decoder and the connector; the tower keeps its own initialisation."""
-        self.llm.init_weights()
-        if self.connector is not None:
-            self.connector.reset_parameters()
+    def init_weights(self, seed: int = 0) -> None:
+        """Fresh weights for every unit (:mod:`mmtune.models.init`) from ``seed``; a model materialised
+        shard by shard with the same seed holds the same values."""
+        from mmtune.models.init import fresh_unit, init_units
+
+        params = self.state_dict(keep_vars=True)
+        for unit in init_units(self):
+            for key, value in fresh_unit(self, unit, seed).items():
+                params[key].copy_(value)
+        self.init_buffers()
+
+    @torch.no_grad()
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Rebuilds the non-persistent buffers (RoPE tables, the tower's position ids), e.g. after a
+        meta-device build and ``to_empty``."""
+        self.llm.init_buffers(device)
+        if self.vision is not None:
+            self.vision.init_buffers()
 
     def set_trainable(self, trainable: TrainableConfig) -> None:
         """Sets ``requires_grad`` per part (``frozen`` / ``full``); frozen parts go to eval mode and stay
@@ -134,7 +147,7 @@ def build_model(cfg: Config, image_token_id: int, device: torch.device | str | N
     with device:
         model = VisionLanguageModel(cfg.model, cfg.vision, cfg.connector, image_token_id)
     if device.type != "meta":
-        model.init_weights()
+        model.init_weights(cfg.training.seed)
         if cfg.vision.path and model.vision is not None:
             model.vision.load_pretrained(cfg.vision.path)
     model.set_trainable(cfg.trainable)

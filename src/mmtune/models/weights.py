@@ -111,12 +111,19 @@ class WeightsReader:
         return out
 
     def tensors(self, select: Optional[Callable[[str], bool]] = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yields ``(name, tensor)`` one tensor at a time, only names ``select`` keeps (all by default)."""
+        """Yields ``(name, tensor)`` one tensor at a time, only names ``select`` keeps (all by default).
+
+        Each tensor is read through its own short-lived memory map, so the pages of a file already read
+        do not stay resident while the rest is read (a 5 GiB shard costs one tensor of memory, not 5 GiB).
+        """
         for path in self.files:
             with self._handle(path) as handle:
-                for key in handle.keys():
-                    if select is None or select(key):
-                        yield key, handle.get_tensor(key)
+                keys = list(handle.keys())
+            for key in keys:
+                if select is None or select(key):
+                    with self._handle(path) as handle:
+                        tensor = handle.get_tensor(key)
+                    yield key, tensor
 
     def get(self, key: str) -> torch.Tensor:
         """The tensor ``key`` (KeyError when no file holds it)."""

@@ -80,37 +80,41 @@ def follow(engine: Engine) -> int:
         count += 1
 
 
-def shard_for_inference(engine: Engine, tp_mesh: Any) -> None:
-    """Splits the decoder over ``tp_mesh`` and makes ``llm.cfg`` describe this rank's shard.
+def tensor_parallel_plan(tp_mesh: Any) -> Callable[[Any], None]:
+    """What splits a model built on the meta device over ``tp_mesh`` before it is filled (each rank then
+    reads and holds only its slices), and makes ``llm.cfg`` describe this rank's shard.
 
     Attention infers its heads from the projection widths, but the KV cache is sized from ``llm.cfg``;
     the shard's config keeps ``head_dim = dim // n_heads`` and divides the head counts by the degree.
     """
     from mmtune.distributed.parallelize import apply_tensor_parallel
 
-    apply_tensor_parallel(engine.model, tp_mesh)
-    llm, tp = engine.model.llm, tp_mesh.size()
-    cfg = llm.cfg
-    llm.cfg = dataclasses.replace(cfg, dim=cfg.dim // tp, n_heads=cfg.n_heads // tp,
-                                  n_kv_heads=(cfg.n_kv_heads or cfg.n_heads) // tp)
+    def prepare(model: Any) -> None:
+        apply_tensor_parallel(model, tp_mesh)
+        llm, tp = model.llm, tp_mesh.size()
+        cfg = llm.cfg
+        llm.cfg = dataclasses.replace(cfg, dim=cfg.dim // tp, n_heads=cfg.n_heads // tp,
+                                      n_kv_heads=(cfg.n_kv_heads or cfg.n_heads) // tp)
+
+    return prepare
 
 
-def serve(load_engine: Callable[[Optional[str]], Engine], settings: "ServerSettings", host: str, port: int,
-          model: str) -> int:
-    """Loads ``model`` with ``load_engine(device)`` (split over the ranks under torchrun; device None is
-    the caller's choice) and serves it with ``settings`` on ``host:port`` until stopped."""
+def serve(load_engine: Callable[[Optional[str], Optional[Callable[[Any], None]]], Engine],
+          settings: "ServerSettings", host: str, port: int, model: str) -> int:
+    """Loads ``model`` with ``load_engine(device, prepare)`` (split over the ranks under torchrun by
+    ``prepare``; device None is the caller's choice) and serves it with ``settings`` on ``host:port``
+    until stopped."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        _serve(load_engine(None), settings, host, port, model)
+        _serve(load_engine(None, None), settings, host, port, model)
         return 0
     from mmtune.distributed.env import init_distributed, shutdown
 
     env = init_distributed(tp=world, timeout_minutes=7 * DAY_MINUTES)
     torch.manual_seed(0)
-    holder = {"engine": load_engine(str(env.device))}
-    shard_for_inference(holder["engine"], env.tp_mesh)
+    holder = {"engine": load_engine(str(env.device), tensor_parallel_plan(env.tp_mesh))}
     if env.is_main:
         leader = LeaderEngine(holder["engine"])
         try:

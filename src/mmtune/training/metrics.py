@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import sys
 from pathlib import Path
@@ -48,8 +49,22 @@ def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process so far: CUDA allocator peak on GPU, resident set size on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss_kb / 2**20
+    return host_peak_rss_gb()
+
+
+def host_peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def seconds_since_launch() -> Optional[float]:
+    """Seconds since this process started (from Linux's ``/proc``; None where that is not available)."""
+    try:
+        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 class MetricsLogger:

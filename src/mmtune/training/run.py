@@ -20,15 +20,6 @@ from mmtune.training.trainer import RunParts, Trainer
 log = logging.getLogger(__name__)
 
 
-def load_saved_weights(model: nn.Module, directory: str) -> None:
-    """Loads a saved-model directory's weights into ``model`` (``models.io.load_weights_into``: parts the
-    directory has no weight of keep their fresh initialisation) and logs which parts stayed fresh."""
-    from mmtune.models.io import load_weights_into
-
-    kept = load_weights_into(model, directory)
-    log.info("initialised from saved model %s%s", directory, f" (fresh: {', '.join(kept)})" if kept else "")
-
-
 def build_parts(cfg: Config, env: DistEnv) -> RunParts:
     """The processor's model builder and this rank's loader for ``cfg``."""
     from mmtune.data.loader import build_loader
@@ -45,7 +36,6 @@ def build_parts(cfg: Config, env: DistEnv) -> RunParts:
 
     loader = build_loader(cfg, processor, rank=env.dp_rank, world_size=env.dp_size, seed=cfg.training.seed)
     return RunParts(build_model=build, loader=loader, image_token_id=image_token_id,
-                    load_source_weights=load_saved_weights,
                     write_extras=lambda path: processor.tokenizer.save(path / "tokenizer"))
 
 

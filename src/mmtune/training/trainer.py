@@ -24,13 +24,19 @@ from torch.distributed.fsdp import FSDPModule
 from mmtune.config import Config, save_config
 from mmtune.data.batch import Batch, BatchLoader
 from mmtune.distributed.env import DistEnv
-from mmtune.distributed.materialize import materialize
 from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize, separate_head
 from mmtune.errors import ConfigError, DataError, MMTuneError
 from mmtune.training import checkpoint as ckpt
 from mmtune.training.fused_loss import supervised_loss_sum
 from mmtune.training.loss import step_counts, token_loss_sum
-from mmtune.training.metrics import MetricsLogger, flops_per_token, peak_flops, peak_memory_gb
+from mmtune.training.metrics import (
+    MetricsLogger,
+    flops_per_token,
+    host_peak_rss_gb,
+    peak_flops,
+    peak_memory_gb,
+    seconds_since_launch,
+)
 from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
 from mmtune.training.state import RankState, TrainerState, restore_legacy
 
@@ -41,17 +47,16 @@ log = logging.getLogger(__name__)
 class RunParts:
     """What a run needs besides its config.
 
-    ``build_model(device)`` builds the model on ``"cpu"`` (rank 0's initialised copy) or ``"meta"``;
-    ``loader`` yields this rank's :class:`~mmtune.data.batch.Batch` es (a
-    :class:`~mmtune.data.batch.BatchLoader`; None for a trainer driven by :meth:`Trainer.train_step`
-    alone, with ``training.max_steps`` set); ``load_source_weights(model, path)`` loads a saved-model
-    directory into rank 0's copy; ``write_extras(dir)`` adds files (tokenizer) to each checkpoint.
+    ``build_model(device)`` builds the model (the trainer asks for ``"meta"`` and materialises it shard
+    by shard, see :mod:`mmtune.formats.loading`); ``loader`` yields this rank's
+    :class:`~mmtune.data.batch.Batch` es (a :class:`~mmtune.data.batch.BatchLoader`; None for a trainer
+    driven by :meth:`Trainer.train_step` alone, with ``training.max_steps`` set); ``write_extras(dir)``
+    adds files (tokenizer) to each checkpoint.
     """
 
     build_model: Callable[[str], nn.Module]
     loader: Optional[BatchLoader]
     image_token_id: Optional[int] = None
-    load_source_weights: Optional[Callable[[nn.Module, str], None]] = None
     write_extras: Optional[Callable[[Path], None]] = None
 
 
@@ -84,16 +89,6 @@ def total_steps(cfg: Config, loader: Optional[BatchLoader]) -> int:
     return max(1, math.ceil(cfg.training.epochs * rows / cfg.training.global_batch_size))
 
 
-def init_from_kind(path: str) -> str:
-    """``checkpoint`` (a training checkpoint or run directory) or ``saved`` (a saved-model directory)."""
-    p = Path(path)
-    if ckpt.is_checkpoint(p) or ckpt.list_checkpoints(p):
-        return "checkpoint"
-    if (p / "config.json").is_file():
-        return "saved"
-    raise ConfigError("training.init_from", path, "a saved-model directory or a training checkpoint")
-
-
 class Trainer:
     """Builds the sharded model and optimizer for ``cfg`` on ``env`` and runs :meth:`fit`."""
 
@@ -113,26 +108,21 @@ class Trainer:
         self.flops_per_token = self._flops_per_token()
 
     def _build_model(self) -> nn.Module:
-        """Rank 0 builds (or loads) an ordinary CPU copy; all ranks shard a meta build and fill it."""
+        """Every rank builds the model on the meta device, applies the parallel plan, allocates its own
+        shards and fills them (:func:`mmtune.training.weights.initial_weights`)."""
+        from mmtune.training.weights import initial_weights
+
         cfg, env = self.cfg, self.env
-        torch.manual_seed(cfg.training.seed)
-        kind = init_from_kind(cfg.training.init_from) if cfg.training.init_from else None
-        source = self.parts.build_model("cpu") if env.is_main else None
-        if source is not None and kind == "saved":
-            assert self.parts.load_source_weights is not None, "no loader for saved-model weights"
-            self.parts.load_source_weights(source, cfg.training.init_from)
+        torch.manual_seed(cfg.training.seed)  # the run's global generator (fresh weights use their own)
         model = self.parts.build_model("meta")
         model.train()
         if hasattr(model, "set_trainable"):
             model.set_trainable(cfg.trainable)
         dtype = compute_dtype(cfg.training.dtype, env.device)
         parallelize(model, cfg.parallel, env.dp_mesh, env.tp_mesh, dtype)
-        materialize(model, source, env.device)
-        del source
-        if kind == "checkpoint":
-            path = ckpt.resolve_resume(cfg.training.init_from, cfg.training.init_from)
-            ckpt.load_model_weights(path, model)
-            log.info("initialised from training checkpoint %s", path)
+        model.to_empty(device=env.device)
+        model.init_buffers(env.device)
+        initial_weights(cfg, model, self.parts.build_model("meta"), progress=env.is_main)
         return model
 
     def _flops_per_token(self) -> float:
@@ -199,6 +189,7 @@ class Trainer:
         log.info("training steps %d..%d: %d micro-batches of %d rows per rank and step, %d ranks",
                  self.step + 1, self.total_steps, self.accum, self.cfg.training.micro_batch_size,
                  self.env.world_size)
+        first = self.step + 1
         try:
             while self.step < self.total_steps:
                 started = time.perf_counter()
@@ -206,12 +197,25 @@ class Trainer:
                 waited = time.perf_counter() - started
                 result = self.train_step(micro)
                 self.step += 1
+                if self.step == first:
+                    self._log_startup()
                 self._after_step(result, metrics, started, waited)
             if self.last_saved is None or not self.last_saved.name.endswith(f"{self.step:08d}"):
                 self.save()
         finally:
             metrics.close()
         return self.last_saved
+
+    def _log_startup(self) -> None:
+        """Logs the time from launch to the end of this process's first step and every rank's peak host
+        memory so far (one all-gather)."""
+        peak = torch.tensor([host_peak_rss_gb()], dtype=torch.float64, device=self.env.device)
+        peaks = [torch.zeros_like(peak) for _ in range(self.env.world_size)]
+        torch.distributed.all_gather(peaks, peak)
+        since = seconds_since_launch()
+        log.info("first step done%s; peak resident memory per rank: %s GiB",
+                 f" {since:.1f} s after launch" if since is not None else "",
+                 ", ".join(f"{float(p):.2f}" for p in peaks))
 
     def _after_step(self, result: StepResult, metrics: MetricsLogger, started: float, waited: float) -> None:
         """Counts bad steps, logs metrics, saves on schedule, and stops after too many bad steps."""
