@@ -4,8 +4,9 @@ State-dict keys (transformers 5 layout): ``vision.vision_model.X`` <-> ``model.v
 ``connector.linear_{1,2}`` <-> ``model.multi_modal_projector.linear_{1,2}``, and the decoder through
 :mod:`mmtune.models.adapters.hf_llama` with ``model.`` -> ``model.language_model.`` (``lm_head`` stays).
 Reading also accepts the transformers 4 layout of Hub checkpoints (``language_model.model.*``,
-``language_model.lm_head``, ``vision_tower.*``, ``multi_modal_projector.*``), renamed to the transformers 5
-names as transformers' own ``conversion_mapping`` does; :func:`from_llava_tensor` is the one rename rule,
+``language_model.lm_head``, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``) and the mixed
+layout transformers 5's ``save_pretrained`` writes (4's decoder names, ``vision_tower.*``), renamed to
+the transformers 5 names as transformers' own ``conversion_mapping`` does; :func:`from_llava_tensor` is the one rename rule,
 one tensor at a time (the streaming import in :mod:`mmtune.formats.convert_llava` and
 :func:`from_llava_state_dict` both use it).
 
@@ -26,7 +27,12 @@ from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict, 
 
 _OURS_TO_HF = {"vision.vision_model.": "model.vision_tower.", "connector.": "model.multi_modal_projector."}
 _HF_TO_OURS = {new: old for old, new in _OURS_TO_HF.items()}
+# First match wins. transformers 5 holds CLIP / SigLIP vision models without their ``vision_model.`` level
+# (its conversion_mapping strips it on load), and this version's save_pretrained writes the transformers 4
+# names for the decoder but ``vision_tower.*`` without that level: every variant is accepted.
 _HF4_TO_HF5 = {"language_model.model.": "model.language_model.", "language_model.lm_head.": "lm_head.",
+               "vision_tower.vision_model.": "model.vision_tower.",
+               "model.vision_tower.vision_model.": "model.vision_tower.",
                "vision_tower.": "model.vision_tower.", "multi_modal_projector.": "model.multi_modal_projector."}
 SELECT_STRATEGY = {"clip": "default", "siglip": "full"}
 """``vision_feature_select_strategy`` of each tower kind: mmtune drops CLIP's CLS token and keeps every
@@ -84,6 +90,11 @@ def to_llava_state_dict(sd: dict[str, torch.Tensor], model_cfg: ModelConfig,
     return out
 
 
+def to_hf5_name(name: str) -> str:
+    """A Llava tensor name in the transformers 5 layout (transformers 4 names renamed, others unchanged)."""
+    return _rename(name, _HF4_TO_HF5) or name
+
+
 def from_llava_tensor(name: str, tensor: torch.Tensor, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """One ``LlavaForConditionalGeneration`` tensor (transformers 4 or 5 name) under mmtune names.
 
@@ -92,7 +103,7 @@ def from_llava_tensor(name: str, tensor: torch.Tensor, model_cfg: ModelConfig) -
     ``model_cfg.vocab_size`` are cut; ``position_ids`` buffers give nothing; any other name is a
     :class:`CheckpointError`.
     """
-    key = _rename(name, _HF4_TO_HF5) or name
+    key = to_hf5_name(name)
     if key.startswith(("model.language_model.", "lm_head.")):
         hf = key.replace("model.language_model.", "model.", 1)
         if hf in _VOCAB_ROWS:
