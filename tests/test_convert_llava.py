@@ -232,3 +232,11 @@ def test_missing_shard_is_named(tmp_path, llava_dirs):
     with pytest.raises(CheckpointError, match=f"missing shards named by the index: \\['{victim}'\\]"):
         llava_source(dst)
     assert main(["convert", "llava", "--model", str(dst), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_a_tokenizer_without_image_gets_it_at_image_token_index(tmp_path, llava_dirs, llama_tokenizer_dir):
+    _, src = llava_dirs["clip"]
+    dst = shutil.copytree(src, tmp_path / "plain", ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    shutil.copy(Path(llama_tokenizer_dir) / "tokenizer.model", dst / "tokenizer.model")  # 32000 tokens, no <image>
+    out = write_saved_model(llava_source(dst), tmp_path / "out")
+    assert read_sections(out)[3] == IMAGE_ID
