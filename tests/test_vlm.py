@@ -69,7 +69,8 @@ def test_llava_state_dict_round_trip_and_padding() -> None:
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     hf4 = {k.replace("model.language_model.", "language_model.model.").replace("model.vision_tower.",
            "vision_tower.vision_model.").replace("lm_head.", "language_model.lm_head."): v for k, v in padded.items()}
-    assert all(torch.equal(v, sd[k]) for k, v in from_llava_state_dict(hf4, model.model_cfg).items())
+    back4 = from_llava_state_dict(hf4, model.model_cfg)
+    assert set(back4) == set(sd) and all(torch.equal(v, sd[k]) for k, v in back4.items())
 
 
 def test_llava_config_refuses_what_it_cannot_hold() -> None:

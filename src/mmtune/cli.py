@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "data": "Data tools: convert LLaVA to single-turn, inspect the data of a config.",
     "bench": "Throughput benchmarks (train, generate, data) against baselines measured in the same run.",
     "plan": "Predict per-GPU memory of a full-parameter run and pick the cheapest layout that fits.",
-    "convert": "Convert Meta, Hugging Face or LLaMA2-Accessory weights into an mmtune model directory.",
+    "convert": "Convert Meta, Hugging Face (Llama, LLaVA) or LLaMA2-Accessory weights into an mmtune model directory.",
     "export": "Export a training checkpoint or model as a release directory (mmtune or Hugging Face LLaVA/Llama).",
     "quickstart": "The embedded default: synthetic world -> stage 1 -> stage 2 -> evaluation -> answers.",
     "eval": "Score a model: captioning (BLEU-4, CIDEr-D, exact match) or VQA accuracy on a dataset.",

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mmtune.config import ConnectorConfig, VisionConfig
-from mmtune.formats.pipeline import Source, Tensors
+from mmtune.formats.pipeline import Source, Tensors, renamed
 from mmtune.formats.reading import read_json
 from mmtune.models.adapters.hf_llama import from_hf_config, from_hf_state_dict
 from mmtune.models.weights import iter_safetensors, safetensors_files
@@ -24,14 +24,11 @@ def hf_source(model_dir: str | Path) -> Source:
     cfg = from_hf_config(read_json(model_dir / "config.json", "Hugging Face config.json"))
     files = safetensors_files(model_dir)
 
+    def llm_keys(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"llm." + k: v for k, v in from_hf_state_dict({name: tensor}, cfg).items()}
+
     def tensors(shapes: dict[str, torch.Size]) -> Tensors:
-        done: set[str] = set()
-        for name, tensor in iter_safetensors(files):
-            for key, value in from_hf_state_dict({name: tensor}, cfg).items():
-                if cfg.tie_embeddings and key in done:
-                    continue  # a tied output already filled from the embedding
-                done.add(key)
-                yield "llm." + key, value
+        yield from renamed(iter_safetensors(files), llm_keys, cfg.tie_embeddings)
 
     return Source(model=cfg, vision=VisionConfig(kind="none"), connector=ConnectorConfig(),
                   tensors=tensors, tokenizer=model_dir,

@@ -71,9 +71,11 @@ def _image_processor(model: Any) -> Any:
 def _write_processor(model: Any, tokenizer: Any, out: Path) -> None:
     from transformers import LlavaProcessor
 
+    from mmtune.models.adapters.hf_llava import SELECT_STRATEGY
+
     processor = LlavaProcessor(image_processor=_image_processor(model), tokenizer=tokenizer.hf,
                                patch_size=model.vision.hf_config().get("patch_size"),
-                               vision_feature_select_strategy="default" if model.vision_cfg.kind == "clip" else "full",
+                               vision_feature_select_strategy=SELECT_STRATEGY[model.vision_cfg.kind],
                                num_additional_image_tokens=1 if model.vision_cfg.kind == "clip" else 0,
                                image_token="<image>", chat_template=LLAVA_V1_CHAT_TEMPLATE)
     processor.save_pretrained(str(out))

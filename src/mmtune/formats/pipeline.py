@@ -10,7 +10,7 @@ in one :class:`CheckpointError` per kind, naming the first few offenders and how
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -43,6 +43,20 @@ class Source:
     tokenizer: Optional[Path] = None
     description: str = ""
     droppable: Callable[[str], bool] = field(default=lambda key: False)
+
+
+def renamed(pairs: Iterable[tuple[str, torch.Tensor]],
+            rename: Callable[[str, torch.Tensor], dict[str, torch.Tensor]], tied: bool) -> Tensors:
+    """Each ``(name, tensor)`` of a foreign checkpoint as the mmtune ``(key, tensor)`` pairs ``rename``
+    gives (none, one, or two for an embedding that also fills a tied output); with ``tied`` a key already
+    given is not given again (the output filled from the embedding, then ``lm_head`` itself)."""
+    done: set[str] = set()
+    for name, tensor in pairs:
+        for key, value in rename(name, tensor).items():
+            if tied and key in done:
+                continue
+            done.add(key)
+            yield key, value
 
 
 def _summary(items: list[str], limit: int = 5) -> str:
