@@ -58,7 +58,7 @@ def test_what_is_not_a_model_is_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="weights.safetensors: a file, not a model directory"):
         detect_format(tmp_path / "weights.safetensors")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="found an empty directory; accepted: an mmtune saved-model"):
+    with pytest.raises(CheckpointError, match="found an empty directory; accepted: an mmtune saved model"):
         detect_format(tmp_path / "empty")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("hi")
