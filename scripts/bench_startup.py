@@ -56,17 +56,26 @@ def write_inputs(work: Path) -> None:
         write_world(work / "world", seed=0, image_size=32, sizes=WorldSizes(32, 24, 12, 2, 2, 16))
 
 
-def overrides(work: Path, stage: int, out: Path) -> list[str]:
-    """The overrides that turn configs/debug-stage1.yaml into the benchmark run."""
-    common = ["--model.dim", "2048", "--model.n_layers", "16", "--model.n_heads", "16", "--model.vocab_size", "32000",
-              "--model.max_seq_len", "256", "--model.preset", "null", "--vision.preset", "null", "--vision.kind", "clip",
-              "--vision.path", str(work / "clip"), "--connector.kind", "mlp", "--training.init_from", str(work / "model"),
-              "--training.output_dir", str(out), "--training.max_steps", "1", "--training.save_every", "0",
-              "--training.global_batch_size", "2", "--training.micro_batch_size", "1", "--data.max_seq_len", "128",
-              "--data.sources", f"[{{path: '{work}/world/stage1/{{00000..00001}}.tar', kind: webdataset}}]"]
-    if stage == 2:
-        common += ["--trainable.llm", "full", "--trainable.connector", "full"]
-    return common
+CONFIG = """model: {{dim: 2048, n_layers: 16, n_heads: 16, vocab_size: 32000, max_seq_len: 256}}
+vision: {{kind: clip, path: {work}/clip}}
+connector: {{kind: mlp}}
+trainable: {{vision: frozen, connector: full, llm: {llm}}}
+tokenizer: {{path: {root}/tests/assets/llama-tokenizer}}
+data:
+  sources: [{{path: '{work}/world/stage1/{{00000..00001}}.tar', kind: webdataset}}]
+  template: caption
+  max_seq_len: 128
+  num_workers: 0
+training: {{output_dir: {out}, init_from: {work}/model, max_steps: 1, save_every: 0, global_batch_size: 2,
+           micro_batch_size: 1, dtype: fp32}}
+"""
+
+
+def write_config(work: Path, stage: int, out: Path) -> Path:
+    """The benchmark run's YAML: stage 1 trains the connector only, stage 2 the LLM too."""
+    path = work / f"stage{stage}.yaml"
+    path.write_text(CONFIG.format(work=work, root=ROOT, out=out, llm="frozen" if stage == 1 else "full"))
+    return path
 
 
 def run(work: Path, stage: int, src: Path, nproc: int) -> dict:
@@ -75,7 +84,7 @@ def run(work: Path, stage: int, src: Path, nproc: int) -> dict:
     subprocess.run(["rm", "-rf", str(out)], check=True)
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", str(nproc), "--no-python", sys.executable, "-c", WRAPPER,
-           "train", str(ROOT / "configs" / "debug-stage1.yaml"), *overrides(work, stage, out)]
+           "train", str(write_config(work, stage, out))]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"})

@@ -3,8 +3,9 @@
 The order is torchtitan's: tensor parallel first (DTensor ``parallelize_module`` on the tensor-parallel
 sub-mesh), then a non-reentrant activation-checkpoint wrapper per decoder block, then ``compile`` per
 block (in place, so parameter names do not change), and last ``fully_shard`` on the data-parallel
-sub-mesh per decoder block, on the vocabulary head (when untied, so the loss can run it on supervised
-positions only) and on the root. The vision tower and connector stay in the root's group on purpose: a
+sub-mesh per decoder block, on the token embedding and the vocabulary head (when untied: the embedding
+is then gathered only for its lookup, and the loss can run the head on supervised positions only) and on
+the root. The vision tower and connector stay in the root's group on purpose: a
 rank whose micro-batch holds no image skips the tower, and a tower sharded on its own would then miss
 the all-gather the other ranks issue (a hang or a collective mismatch on mixed text/image batches).
 
@@ -112,6 +113,8 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
                     reshard_after_forward=reshard_after_forward and not last)
     head = separate_head(model)
     if head is not None:
+        embeddings = decoder(model).tok_embeddings  # its own unit: freed after the lookup, not held all step
+        fully_shard(embeddings, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         fully_shard(head, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     model.set_reduce_scatter_unused_params(True)  # a rank without images has no connector gradient

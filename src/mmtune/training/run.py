@@ -12,7 +12,7 @@ from typing import Optional
 from torch import nn
 
 from mmtune.config import Config
-from mmtune.distributed.env import DistEnv, cpu_threads_for, init_distributed, shutdown
+from mmtune.distributed.env import DistEnv, cpu_threads_for, init_distributed, return_large_frees_to_the_os, shutdown
 from mmtune.errors import ConfigError
 from mmtune.training.checkpoint import resolve_resume
 from mmtune.training.trainer import RunParts, Trainer
@@ -45,6 +45,7 @@ def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
     Every rank releases model and optimizer before the process group goes (so every process exits 0).
     """
     resume_from = resolve_resume(resume, cfg.training.output_dir)
+    return_large_frees_to_the_os()
     env = init_distributed(cfg.parallel.tp)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
