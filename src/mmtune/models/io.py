@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from torch import nn
 
 from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
 from mmtune.errors import CheckpointError, ConfigError
@@ -129,22 +128,6 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu",
     model.llm.init_buffers(torch.device("cpu"))
     model.to(device=device, dtype=dtype)
     return model.eval()
-
-
-def load_weights_into(model: nn.Module, directory: str) -> list[str]:
-    """Loads a saved-model directory's weights into ``model``; returns the parts kept fresh, sorted.
-
-    A part (``llm``, ``vision``, ``connector``) the directory has no weight of keeps its fresh
-    initialisation (a text-only LLM converted with ``mmtune convert`` starts stage 1); within the parts
-    it has, every weight must be there with the right shape (CheckpointError otherwise).
-    """
-    weights = read_weights(directory)
-    present = {key.split(".", 1)[0] for key in weights}
-    fresh = tuple(k for k in model.state_dict() if k.split(".", 1)[0] not in present)
-    tied = (TIED_OUTPUT,) if model.model_cfg.tie_embeddings else ()
-    check_state_dict(model, weights, directory, allowed_missing=fresh + tied)
-    model.load_state_dict(weights, strict=False)
-    return sorted({k.split(".", 1)[0] for k in fresh})
 
 
 def load_tokenizer(directory: str | Path) -> "Tokenizer":
