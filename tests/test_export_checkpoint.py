@@ -51,3 +51,24 @@ def test_training_checkpoint_exports_to_mmtune_and_llava(tmp_path, llama_tokeniz
     assert hf.config.image_token_id == loaded.image_token_id
     assert "| train.loss | 2.25 |" in (tmp_path / "hf" / "README.md").read_text()
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_export_casts_with_dtype_tensor_by_tensor_and_reads_its_own_hf_output(tmp_path, llama_tokenizer_dir):
+    from safetensors import safe_open
+
+    model = _run_with_checkpoint(tmp_path / "run", Path(llama_tokenizer_dir))
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    loaded = load_model(tmp_path / "bf16")
+    for key, tensor in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.bfloat16 and torch.equal(loaded.state_dict()[key],
+                                                                                tensor.to(torch.bfloat16)), key
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--format", "hf", "--dtype",
+                 "fp16"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "float16"
+    with safe_open(str(next((tmp_path / "hf").glob("*.safetensors"))), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    # the Hugging Face export is itself a model mmtune reads: back to a saved model with the fp16 weights
+    assert main(["export", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    back = load_model(tmp_path / "back")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor.to(torch.float16)), key

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Optional
 
+from mmtune.commands import WEIGHT_DTYPES
+
 if TYPE_CHECKING:
     from mmtune.formats.pipeline import Source
 
-_DTYPES = {"keep": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--tokenizer", help="tokenizer.model (default: the one in the checkpoint directory)")
     for parser in (m, h, v, u, a):
         parser.add_argument("--out", required=True, help="output saved-model directory (must not exist)")
-        parser.add_argument("--dtype", choices=sorted(_DTYPES), default="keep",
+        parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default="keep",
                             help="cast floating weights (default: keep the checkpoint's)")
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         source = _auto_source(args.path, tokenizer)
     else:
         source = accessory_source(args.ckpt_dir, blip2=args.blip2, params=args.params, tokenizer=tokenizer)
-    dtype = getattr(torch, _DTYPES[args.dtype]) if _DTYPES[args.dtype] else None
+    dtype = getattr(torch, WEIGHT_DTYPES[args.dtype]) if WEIGHT_DTYPES[args.dtype] else None
     out = write_saved_model(source, args.out, dtype=dtype)
     print(f"wrote {out}")
     return 0

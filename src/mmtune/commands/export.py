@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmtune.commands import WEIGHT_DTYPES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH",
@@ -11,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--format", choices=["mmtune", "hf"], default="mmtune",
                    help="mmtune saved model, or Hugging Face LlavaForConditionalGeneration (default: mmtune)")
+    p.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default="keep",
+                   help="cast floating weights (default: keep them: fp32 from a training checkpoint)")
     p.add_argument("--llm-only", action="store_true",
                    help="with --format hf: write only the language model as LlamaForCausalLM")
 
@@ -21,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.llm_only and args.format != "hf":
         raise ConfigError("--llm-only", True, "only together with --format hf")
-    out = export(args.path, args.out, fmt=args.format, llm_only=args.llm_only)
+    import torch
+
+    dtype = getattr(torch, WEIGHT_DTYPES[args.dtype]) if WEIGHT_DTYPES[args.dtype] else None
+    out = export(args.path, args.out, fmt=args.format, llm_only=args.llm_only, dtype=dtype)
     print(f"wrote {out}")
     return 0

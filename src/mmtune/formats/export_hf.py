@@ -17,14 +17,15 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
+from mmtune.config import VisionConfig
 from mmtune.errors import CheckpointError
 from mmtune.formats.card import find_run_info, release_card
 from mmtune.formats.pipeline import check_absent, finish_output, fresh_output
-from mmtune.models.weights import ShardedWriter, read_model_config
+from mmtune.models.weights import ShardedWriter, WeightsReader, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +45,52 @@ LLAVA_V1_CHAT_TEMPLATE = (
     "{{ eos_token }}{% endif %}{% endfor %}")
 
 
-def _write_weights(state: dict[str, torch.Tensor], out: Path, tied: bool) -> None:
-    writer = ShardedWriter(out)
-    for key, tensor in state.items():
+def _write_weights(tensors: Iterable[tuple[str, torch.Tensor]], out: Path, tied: bool,
+                   dtype: Optional[torch.dtype]) -> str:
+    """Streams ``tensors`` into safetensors shards (cast to ``dtype`` when set); returns the dtype name
+    written (for ``config.json``)."""
+    writer = ShardedWriter(out, dtype=dtype)
+    written = dtype
+    for key, tensor in tensors:
         if tied and key == "lm_head.weight":
             continue  # transformers ties it to the embedding on load
-        writer.add(key, tensor.detach().clone() if tied else tensor)
+        written = written or tensor.dtype
+        writer.add(key, tensor)
     writer.close()
+    return str(written or torch.float32).removeprefix("torch.")
 
 
-def _image_processor(model: Any) -> Any:
+def _saved_tensors(model_dir: str | Path, rename: Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a saved model, one at a time, under the names ``rename`` gives them."""
+    for key, tensor in WeightsReader.open(model_dir).tensors():
+        yield from rename(key, tensor).items()
+
+
+def _image_processor(vision_cfg: VisionConfig) -> Any:
     """transformers' PIL image processor with the tower's size and normalisation."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     from mmtune.models.vision import resolve_image_settings
 
-    s = resolve_image_settings(model.vision_cfg)
+    s = resolve_image_settings(vision_cfg)
     common = dict(image_mean=list(s.mean), image_std=list(s.std), do_convert_rgb=True)
-    if model.vision_cfg.kind == "siglip":
+    if vision_cfg.kind == "siglip":
         return SiglipImageProcessorPil(size={"height": s.size, "width": s.size}, resample=3, **common)
     return CLIPImageProcessorPil(size={"shortest_edge": s.size}, crop_size={"height": s.size, "width": s.size},
                                  do_center_crop=True, resample=3, **common)
 
 
-def _write_processor(model: Any, tokenizer: Any, out: Path) -> None:
+def _write_processor(vision_cfg: VisionConfig, tokenizer: Any, out: Path) -> None:
     from transformers import LlavaProcessor
 
     from mmtune.models.adapters.hf_llava import SELECT_STRATEGY
 
-    processor = LlavaProcessor(image_processor=_image_processor(model), tokenizer=tokenizer.hf,
-                               patch_size=model.vision.hf_config().get("patch_size"),
-                               vision_feature_select_strategy=SELECT_STRATEGY[model.vision_cfg.kind],
-                               num_additional_image_tokens=1 if model.vision_cfg.kind == "clip" else 0,
+    processor = LlavaProcessor(image_processor=_image_processor(vision_cfg), tokenizer=tokenizer.hf,
+                               patch_size=vision_cfg.hf_config.get("patch_size"),
+                               vision_feature_select_strategy=SELECT_STRATEGY[vision_cfg.kind],
+                               num_additional_image_tokens=1 if vision_cfg.kind == "clip" else 0,
                                image_token="<image>", chat_template=LLAVA_V1_CHAT_TEMPLATE)
     processor.save_pretrained(str(out))
     pre = out / "preprocessor_config.json"
@@ -86,40 +100,46 @@ def _write_processor(model: Any, tokenizer: Any, out: Path) -> None:
         pre.write_text(json.dumps(data, indent=2))
 
 
-def export_llava(model_dir: str | Path, out: str | Path) -> Path:
+def export_llava(model_dir: str | Path, out: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
     """Writes the saved model ``model_dir`` (CLIP/SigLIP tower, ``mlp`` connector) as a
-    ``LlavaForConditionalGeneration`` directory."""
+    ``LlavaForConditionalGeneration`` directory, tensor by tensor (``dtype`` None keeps the saved one)."""
     from mmtune.models.adapters.hf_llava import to_llava_config, to_llava_state_dict
-    from mmtune.models.io import load_model, load_tokenizer
+    from mmtune.models.io import load_tokenizer, read_sections
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    if model.vision is None:
+    model_cfg, vision_cfg, connector_cfg, _ = read_sections(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    if vision_cfg.kind == "none":
         raise CheckpointError(f"{model_dir}: a text-only model has no Llava form; use --llm-only")
-    vocab = max(len(tokenizer), model.model_cfg.vocab_size)
-    config = to_llava_config(model.model_cfg, model.vision_cfg, model.connector_cfg, model.vision.hf_config(),
-                             tokenizer.image_token_id, vocab_size=vocab)
-    state = to_llava_state_dict(model.state_dict(), model.model_cfg, vocab_size=vocab)
+    vocab = max(len(tokenizer), model_cfg.vocab_size)
+    config = to_llava_config(model_cfg, vision_cfg, connector_cfg, vision_cfg.hf_config, tokenizer.image_token_id,
+                             vocab_size=vocab)
     out, tmp = fresh_output(out)
-    _write_weights(state, tmp, model.model_cfg.tie_embeddings)
-    (tmp / "config.json").write_text(json.dumps({**config, "dtype": str(next(iter(state.values())).dtype)[6:]},
-                                                indent=2))
+    tensors = _saved_tensors(model_dir, lambda k, t: to_llava_state_dict({k: t}, model_cfg, vocab_size=vocab))
+    written = _write_weights(tensors, tmp, model_cfg.tie_embeddings, dtype)
+    (tmp / "config.json").write_text(json.dumps({**config, "dtype": written}, indent=2))
     tokenizer.hf.chat_template = LLAVA_V1_CHAT_TEMPLATE
     tokenizer.save(tmp)
-    _write_processor(model, tokenizer, tmp)
+    _write_processor(vision_cfg, tokenizer, tmp)
     return finish_output(tmp, out)
 
 
-def export_llama(model_dir: str | Path, out: str | Path) -> Path:
-    """Writes the language model of ``model_dir`` as a ``LlamaForCausalLM`` directory (any connector)."""
+def export_llama(model_dir: str | Path, out: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
+    """Writes the language model of ``model_dir`` as a ``LlamaForCausalLM`` directory (any connector),
+    tensor by tensor."""
     from mmtune.models.adapters.hf_llama import to_hf_config, to_hf_state_dict
-    from mmtune.models.io import load_model, load_tokenizer
+    from mmtune.models.io import load_tokenizer, read_sections
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    config = {**to_hf_config(model.model_cfg), "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+    model_cfg = read_sections(model_dir)[0]
+    tokenizer = load_tokenizer(model_dir)
+    config = {**to_hf_config(model_cfg), "model_type": "llama", "architectures": ["LlamaForCausalLM"],
               "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
     out, tmp = fresh_output(out)
-    _write_weights(to_hf_state_dict(model.llm.state_dict(), model.model_cfg), tmp, model.model_cfg.tie_embeddings)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+
+    def rename(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return to_hf_state_dict({key[len("llm."):]: tensor}, model_cfg) if key.startswith("llm.") else {}
+
+    written = _write_weights(_saved_tensors(model_dir, rename), tmp, model_cfg.tie_embeddings, dtype)
+    (tmp / "config.json").write_text(json.dumps({**config, "dtype": written}, indent=2))
     tokenizer.save(tmp)
     return finish_output(tmp, out)
 
@@ -136,10 +156,11 @@ def _card(out: Path, fmt: str, places: list[Optional[Path]]) -> None:
     (out / "README.md").write_text(card)
 
 
-def export(path: str | Path, out: str | Path, fmt: str = "mmtune", llm_only: bool = False) -> Path:
+def export(path: str | Path, out: str | Path, fmt: str = "mmtune", llm_only: bool = False,
+           dtype: Optional[torch.dtype] = None) -> Path:
     """``mmtune export``: a model in any accepted format (``formats.detect.FORMATS``; a training run's newest
-    checkpoint) -> ``out`` in ``fmt`` (mmtune or hf), with a card. Formats other than a saved model are
-    first written as one, tensor by tensor."""
+    checkpoint) -> ``out`` in ``fmt`` (mmtune or hf), with a card, written tensor by tensor; ``dtype`` casts
+    the floating weights (None keeps them). Formats other than a saved model are first written as one."""
     from mmtune.formats.detect import detect_format, open_source
     from mmtune.formats.pipeline import write_saved_model
     from mmtune.training.checkpoint import export_checkpoint, resolve_resume
@@ -151,20 +172,19 @@ def export(path: str | Path, out: str | Path, fmt: str = "mmtune", llm_only: boo
     with tempfile.TemporaryDirectory() as scratch:
         places: list[Optional[Path]] = [path, path.parent]
         model_dir = path
-        if kind != "saved":
+        if kind != "saved" or (fmt == "mmtune" and dtype is not None):
             model_dir = Path(scratch) / "model" if fmt == "hf" else out
             check_absent(model_dir)
-        if kind == "checkpoint":
-            ckpt = resolve_resume(str(path), path)
-            assert ckpt is not None
-            export_checkpoint(ckpt, model_dir)
-            places = [model_dir, ckpt, ckpt.parent.parent]
-        elif kind != "saved":
-            write_saved_model(open_source(path), model_dir)
-        if fmt == "hf" and llm_only:
-            export_llama(model_dir, out)
-        elif fmt == "hf":
-            export_llava(model_dir, out)
+            cast = dtype if fmt == "mmtune" else None  # the hf writer casts on its own
+            if kind == "checkpoint":
+                ckpt = resolve_resume(str(path), path)
+                assert ckpt is not None
+                export_checkpoint(ckpt, model_dir, cast)
+                places = [model_dir, ckpt, ckpt.parent.parent]
+            else:
+                write_saved_model(open_source(path), model_dir, dtype=cast)
+        if fmt == "hf":
+            (export_llama if llm_only else export_llava)(model_dir, out, dtype)
         elif model_dir != out:
             check_absent(out)
             shutil.copytree(model_dir, out, dirs_exist_ok=True)

@@ -236,31 +236,40 @@ def read_info(path: Path) -> dict:
     return json.loads((path / INFO_FILE).read_text())
 
 
-def load_plain(path: Path, model: nn.Module) -> None:
-    """Loads the weights of checkpoint ``path`` into an unsharded model, in one process (no process
-    group needed); raises CheckpointError naming weights the checkpoint lacks or has in another shape."""
+def check_loadable(path: Path, model: nn.Module) -> None:
+    """CheckpointError naming the weights of ``model`` that checkpoint ``path`` lacks or holds in another
+    shape (``model`` may live on the meta device)."""
     if not (Path(path) / ".metadata").is_file():
         raise CheckpointError(f"{path}: not a training checkpoint (no .metadata)")
     saved = read_metadata(path).state_dict_metadata
-    model_sd = model.state_dict()
-    wrong = [k for k, v in model_sd.items()
+    wrong = [k for k, v in model.state_dict().items()
              if f"model.{k}" not in saved or tuple(getattr(saved[f"model.{k}"], "size", ())) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(f"{path}: cannot load into this model: {len(wrong)} weights missing or "
                               f"shaped differently ({', '.join(wrong[:5])})")
-    state = {"model": model_sd}
+
+
+def load_plain(path: Path, model: nn.Module) -> None:
+    """Loads the weights of checkpoint ``path`` into an unsharded model, in one process (no process
+    group needed); raises CheckpointError naming weights the checkpoint lacks or has in another shape."""
+    check_loadable(path, model)
+    state = {"model": model.state_dict()}
     with _single_process_quiet():
         _dcp_load(state, path)
     model.load_state_dict(state["model"])
 
 
-def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
+def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
     """Turns training checkpoint ``ckpt_dir`` (or the newest one in a run directory) into a saved-model
-    directory ``out_dir`` via ``models.io.save_model``; single process, CPU, fp32."""
+    directory ``out_dir``; single process, CPU, one unit (embedding, decoder block, ...) read from DCP and
+    written at a time, so it needs about one unit of memory, not the model. ``dtype`` casts floating
+    weights (None keeps the checkpoint's fp32)."""
     from mmtune.config import load_config
-    from mmtune.models.io import save_model
+    from mmtune.models.init import init_units, unit_of
+    from mmtune.models.io import TIED_OUTPUT, saved_config
     from mmtune.models.tokenizer import Tokenizer
     from mmtune.models.vlm import build_model
+    from mmtune.models.weights import ShardedWriter, write_model_config
 
     path = resolve_resume(str(ckpt_dir), ckpt_dir)
     assert path is not None
@@ -268,11 +277,27 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     cfg = load_config(path / "config.yaml")
     tok_dir = path / "tokenizer"
     tokenizer = Tokenizer.from_path(str(tok_dir if tok_dir.is_dir() else cfg.tokenizer.path))
-    model = build_model(cfg, info["image_token_id"], device="cpu")
-    load_plain(path, model)
-    save_model(model, str(out_dir), tokenizer=tokenizer)
+    model = build_model(cfg, info["image_token_id"], device="meta")
+    check_loadable(path, model)
+    saved = read_metadata(path).state_dict_metadata
+    units = init_units(model)
+    keys = [k for k in model.state_dict() if not (cfg.model.tie_embeddings and k == TIED_OUTPUT)]
+    out = Path(out_dir)
+    writer = ShardedWriter(out, dtype=dtype, sorted_index=False)
+    for unit in units:
+        wanted = [k for k in keys if unit_of(k, units) == unit]
+        state = {"model": {k: torch.empty(saved[f"model.{k}"].size, dtype=saved[f"model.{k}"].properties.dtype)
+                           for k in wanted}}
+        with _single_process_quiet():
+            _dcp_load(state, path)
+        for key in wanted:
+            writer.add(key, state["model"][key])
+    writer.close()
+    write_model_config(out, saved_config(cfg.model, cfg.vision, cfg.connector, info["image_token_id"], model.vision))
+    tokenizer.save(out)
+    (out / "README.md").write_text(f"# mmtune model\n\nExported from training checkpoint {path.name}.\n")
     log.info("exported %s (step %d) to %s", path, info["step"], out_dir)
-    return Path(out_dir)
+    return out
 
 
 def rng_state() -> dict[str, Any]:
