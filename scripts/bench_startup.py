@@ -7,8 +7,8 @@ ranks, as a frozen-LLM stage 1 (new connector) and as a stage 2 (full LLM).
 ``--src`` runs another checkout's code on the same files (the "before" figures of docs/benchmarks.md).
 Each rank runs under a small wrapper that prints its peak resident memory (``ru_maxrss``) when it exits;
 the run is one optimizer step plus the final checkpoint, so the peak covers start-up, the first step and
-one save. The time to the first step is the launch-to-exit wall time minus nothing: read it as an upper
-bound (it includes the save).
+one save. ``wall_s`` is launch to exit (the save included); code that logs it (``first step done ... s after
+launch``) also gives ``first_step_s`` and every rank's peak at the end of the first step.
 """
 
 from __future__ import annotations
@@ -91,9 +91,13 @@ def run(work: Path, stage: int, src: Path, nproc: int) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(done.stderr[-4000:])
-    peaks = {int(m.group(1)): int(m.group(2)) / 1024**2
+    peaks = {int(m.group(1)): round(int(m.group(2)) / 1024**2, 2)
              for m in re.finditer(r"PEAK_RSS rank=(\d+) kib=(\d+)", done.stderr)}
-    return {"stage": stage, "src": str(src), "peak_rss_gib": peaks, "wall_s": round(wall, 1)}
+    first = re.search(r"first step done ([\d.]+) s after launch; peak resident memory per rank: ([\d., ]+) GiB",
+                      done.stderr)
+    return {"stage": stage, "src": str(src), "peak_rss_gib": dict(sorted(peaks.items())), "wall_s": round(wall, 1),
+            "first_step_s": float(first.group(1)) if first else None,
+            "peak_at_first_step_gib": first.group(2) if first else None}
 
 
 def main() -> None:
