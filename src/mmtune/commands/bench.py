@@ -90,7 +90,7 @@ def _generate(args: argparse.Namespace) -> list:
     if args.overrides:
         raise ConfigError("bench generate", " ".join(args.overrides), "no --section.field overrides")
     _positive(args, "batch", "prompt_len", "new_tokens", "repeats")
-    model = load_any(args.model).model
+    model = load_any(args.model, tokenizer=False).model
     try:
         return run_generate_bench(model.llm, batch=args.batch, prompt_len=args.prompt_len,
                                   new_tokens=args.new_tokens, repeats=args.repeats)

@@ -150,7 +150,7 @@ class LoadedModel:
     """A model read from any format, with its tokenizer and where it came from."""
 
     model: "VisionLanguageModel"
-    tokenizer: "Tokenizer"
+    tokenizer: Optional["Tokenizer"]
     format: str
 
 
@@ -192,23 +192,26 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu", 
 
 
 def load_any(path: str | Path, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None,
-             prepare: Optional[Prepare] = None, progress: bool = False) -> LoadedModel:
+             prepare: Optional[Prepare] = None, progress: bool = False, tokenizer: bool = True) -> LoadedModel:
     """The model at ``path`` in any accepted format (``formats.detect.FORMATS``), built on the meta
     device, parallelised by ``prepare`` (None: one process), then filled tensor by tensor on ``device``
-    in ``dtype`` (None keeps fp32)."""
+    in ``dtype`` (None keeps fp32). ``tokenizer`` False lets a saved model without tokenizer files load
+    (``LoadedModel.tokenizer`` is then None)."""
     kind = detect_format(path)
     if kind == "checkpoint":
         return load_checkpoint_model(path, device, dtype, prepare)
     source = open_source(path)
-    tokenizer = load_tokenizer_for(source)
-    image_token_id = tokenizer.image_token_id
     if kind == "saved":
         from mmtune.models.io import read_sections
 
         image_token_id = read_sections(path)[3]
+        text = load_tokenizer_for(source) if tokenizer else None
+    else:
+        text = load_tokenizer_for(source)
+        image_token_id = text.image_token_id
     model = _meta_model(source.model, source.vision, source.connector, image_token_id, dtype)
     plain = _meta_model(source.model, source.vision, source.connector, image_token_id, None)
     _materialised(model, device, prepare)
     fill_weights(model, plain, source=source, allow_fresh=False, progress=progress)
     log.info("loaded %s (%s)", path, source.description)
-    return LoadedModel(model.eval(), tokenizer, kind)
+    return LoadedModel(model.eval(), text, kind)

@@ -82,6 +82,7 @@ class Engine:
 
         loaded = load_any(model_dir, device, dtype, prepare)
         model = loaded.model
+        assert loaded.tokenizer is not None
         processor = Processor.from_sections(loaded.tokenizer, model.vision_cfg, model.connector_cfg)
         return cls(model, processor.with_max_image_pixels(max_image_pixels), template)
 
