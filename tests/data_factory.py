@@ -30,8 +30,9 @@ def write_images(folder: Path, n: int) -> list[str]:
 
 
 def write_shards(folder: Path, shards: int, per_shard: int, *, bad_image_keys: tuple[str, ...] = (),
-                 no_caption_keys: tuple[str, ...] = ()) -> list[Path]:
-    """Webdataset shards in img2dataset's layout with captions ``caption {n}`` (``n`` counts all samples)."""
+                 no_caption_keys: tuple[str, ...] = (), stats: bool = False) -> list[Path]:
+    """Webdataset shards in img2dataset's layout with captions ``caption {n}`` (``n`` counts all samples);
+    with ``stats`` each ``{shard}.tar`` gets img2dataset's ``{shard}_stats.json`` beside it."""
     from webdataset import TarWriter
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,8 +51,19 @@ def write_shards(folder: Path, shards: int, per_shard: int, *, bad_image_keys: t
                     sample["txt"] = f"caption {n}".encode()
                 sink.write(sample)
                 n += 1
+        if stats:
+            write_shard_stats(path, per_shard)
         paths.append(path)
     return paths
+
+
+def write_shard_stats(shard: Path, successes: int, failed: int = 3) -> Path:
+    """img2dataset's per-shard stats file (``logger.write_stats``): ``00012.tar`` -> ``00012_stats.json``."""
+    path = shard.with_name(shard.name.removesuffix(".tar") + "_stats.json")
+    path.write_text(json.dumps({"count": successes + failed, "successes": successes, "failed_to_download": failed,
+                                "failed_to_resize": 0, "duration": 1.5, "start_time": 0.0, "end_time": 1.5,
+                                "status_dict": {"success": successes, "404": failed}}, indent=4))
+    return path
 
 
 def write_json(path: Path, items: list) -> Path:
