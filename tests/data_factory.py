@@ -29,29 +29,45 @@ def write_images(folder: Path, n: int) -> list[str]:
     return names
 
 
-def write_shards(folder: Path, shards: int, per_shard: int, *, bad_image_keys: tuple[str, ...] = (),
-                 no_caption_keys: tuple[str, ...] = ()) -> list[Path]:
-    """Webdataset shards in img2dataset's layout with captions ``caption {n}`` (``n`` counts all samples)."""
+def write_shard(path: Path, first: int, count: int, *, bad_image_keys: tuple[str, ...] = (),
+                no_caption_keys: tuple[str, ...] = ()) -> Path:
+    """One shard in img2dataset's layout: samples ``first .. first + count - 1``, captions ``caption {n}``."""
     from webdataset import TarWriter
 
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with TarWriter(str(path)) as sink:
+        for n in range(first, first + count):
+            key = f"{n:09d}"
+            sample = {"__key__": key, "jpg": png_bytes(n, fmt="JPEG"),
+                      "json": json.dumps({"key": key, "status": "success"}).encode()}
+            if key in bad_image_keys:
+                sample["jpg"] = b"\xff\xd8 not a jpeg"
+            if key not in no_caption_keys:
+                sample["txt"] = f"caption {n}".encode()
+            sink.write(sample)
+    return path
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, *, stats: bool = False, **bad: tuple[str, ...]
+                 ) -> list[Path]:
+    """Shards ``00000.tar ...`` (:func:`write_shard`) with captions ``caption {n}`` (``n`` counts all samples);
+    with ``stats`` each ``{shard}.tar`` gets img2dataset's ``{shard}_stats.json`` beside it."""
     paths = []
-    n = 0
     for s in range(shards):
-        path = folder / f"{s:05d}.tar"
-        with TarWriter(str(path)) as sink:
-            for _ in range(per_shard):
-                key = f"{n:09d}"
-                sample = {"__key__": key, "jpg": png_bytes(n, fmt="JPEG"),
-                          "json": json.dumps({"key": key, "status": "success"}).encode()}
-                if key in bad_image_keys:
-                    sample["jpg"] = b"\xff\xd8 not a jpeg"
-                if key not in no_caption_keys:
-                    sample["txt"] = f"caption {n}".encode()
-                sink.write(sample)
-                n += 1
+        path = write_shard(folder / f"{s:05d}.tar", s * per_shard, per_shard, **bad)
+        if stats:
+            write_shard_stats(path, per_shard)
         paths.append(path)
     return paths
+
+
+def write_shard_stats(shard: Path, successes: int, failed: int = 3) -> Path:
+    """img2dataset's per-shard stats file (``logger.write_stats``): ``00012.tar`` -> ``00012_stats.json``."""
+    path = shard.with_name(shard.name.removesuffix(".tar") + "_stats.json")
+    path.write_text(json.dumps({"count": successes + failed, "successes": successes, "failed_to_download": failed,
+                                "failed_to_resize": 0, "duration": 1.5, "start_time": 0.0, "end_time": 1.5,
+                                "status_dict": {"success": successes, "404": failed}}, indent=4))
+    return path
 
 
 def write_json(path: Path, items: list) -> Path:

@@ -15,7 +15,7 @@ LAYERS = [  # lowest first; folders and modules of one row may import each other
     {"data"},
     {"training", "distributed", "formats"},
     {"inference"},
-    {"serving", "evaluation", "bench", "planning"},
+    {"serving", "evaluation", "bench", "planning", "dryrun"},
     {"commands", "cli", "__main__", "__init__"},
 ]
 

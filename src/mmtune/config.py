@@ -189,12 +189,17 @@ class SourceConfig:
     """Directory that relative image paths resolve against; None uses data.image_root."""
     options: dict = field(default_factory=dict)
     """Per-source options (caption_key, image_key, prefix, ...)."""
+    num_samples: Optional[int] = None
+    """Webdataset shards only: samples in one epoch of this source; None sums the "successes" of the
+    {shard}_stats.json files img2dataset writes next to the shards."""
 
     def check(self, path: str) -> None:
         if not self.path:
             raise ConfigError(f"{path}.path", self.path, "a file, pattern or URL")
         if self.weight <= 0:
             raise ConfigError(f"{path}.weight", self.weight, "a positive number")
+        if self.num_samples is not None and self.num_samples <= 0:
+            raise ConfigError(f"{path}.num_samples", self.num_samples, "a positive integer or null")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """``mmtune train CONFIG [--section.field value ...] [--resume auto|PATH]``: either training stage.
 
 Runs in one process when started plainly, and distributed under
-``torchrun --nproc-per-node N [--nnodes M ...] -m mmtune train CONFIG``.
+``torchrun --nproc-per-node N [--nnodes M ...] -m mmtune train CONFIG``. With ``--dry-run`` it builds
+the run on the meta device and prints what it found (:mod:`mmtune.dryrun`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from the newest complete checkpoint of the run (auto) or from PATH "
                         "(a checkpoint or run directory); any number of ranks")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build model, processor, data plan and parallel plan at full size on the meta device and "
+                        "print parameters, batch, steps and predicted per-GPU memory; trains nothing, uses no GPU")
+    p.add_argument("--nproc", "--world-size", type=int, default=None, metavar="N",
+                   help="with --dry-run: the number of processes to plan for (default: WORLD_SIZE, else 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,11 +36,22 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run(cfg, args)
     last = _train(cfg, args.resume)
     if last is not None and os.environ.get("RANK", "0") == "0":
         print(f"last checkpoint: {last}")
     return 0
 
+
+def _dry_run(cfg: Config, args: argparse.Namespace) -> int:
+    """Prints what :func:`mmtune.dryrun.dry_run` found for ``cfg``."""
+    from mmtune.dryrun import describe, dry_run, world_size
+
+    run = dry_run(cfg, world_size(args.nproc))
+    print(f"dry run of {args.config}: built on the meta device; no GPU, no process group, no image or weight read")
+    print("\n".join(describe(cfg, run)))
+    return 0
 
 
 def _train(cfg: Config, resume: Optional[str]) -> Optional[Path]:

@@ -87,7 +87,8 @@ class BatchLoader(Protocol):
 
     @property
     def rows_per_epoch(self) -> Optional[int]:
-        """Rows of one epoch over all ranks; None when unknown (streams)."""
+        """Rows of one epoch over all ranks; None when unknown (or a ConfigError saying what would make it
+        known, as :class:`mmtune.data.loader.Loader` raises for uncounted streams)."""
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch of this rank's micro-batches."""

@@ -7,7 +7,7 @@ API the trainer calls (stable)::
     loader.state_dict() / loader.load_state_dict(state)
     loader.stats()                  # per-source samples, bad, truncated, skipped; padding fraction
     loader.epoch                    # the epoch the next row belongs to
-    loader.rows_per_epoch           # rows of one epoch over all ranks; None for streams
+    loader.rows_per_epoch           # rows of one epoch over all ranks (streams: see stream_rows)
 
 Helpers: :func:`encode_counted` (encode one record
 read from a source, counting it), :func:`map_rows` (the global row sequence of map mode).
@@ -28,8 +28,11 @@ the rows of the epoch before that position.
 Stream mode (any webdataset source). Shards (and the entries of other sources) are split over ``rank x
 worker`` readers after a per-epoch seeded shuffle, so no sample is read twice per epoch; each reader
 interleaves its sources by weight, shuffles through a ``data.shuffle_buffer`` and packs its own rows.
-Ranks may reach the end of an epoch at different steps (use ``training.max_steps``). The state counts
-the micro-batches taken from each worker; resuming with the same ranks and workers replays them.
+Ranks may reach the end of an epoch at different steps. The state counts the micro-batches taken from
+each worker; resuming with the same ranks and workers replays them. An epoch reads every sample of every
+source once (weights change the order only), so its rows (:func:`stream_rows`) are known without
+reading a shard when the shards' samples are counted (``SourceConfig.num_samples``, or img2dataset's
+``{shard}_stats.json``) and each sample is a row (``grouped`` or ``padded`` batching).
 
 Workers. With ``data.num_workers`` > 0 a torch DataLoader runs the pipeline in worker processes, worker
 ``w`` producing every ``num_workers``-th micro-batch; images are decoded there, only for the rows this rank
@@ -315,10 +318,11 @@ class Loader:
 
     @property
     def rows_per_epoch(self) -> Optional[int]:
-        """Rows of one epoch over all ranks (map mode, counted once by encoding epoch 0); None for streams."""
-        if self.streaming:
-            return None
-        if self._rows is None:
+        """Rows of one epoch over all ranks, counted once: map mode by encoding epoch 0 (no image is read),
+        stream mode by :func:`stream_rows` (ConfigError when they cannot be counted)."""
+        if self._rows is None and self.streaming:
+            self._rows = stream_rows(self._plan.sources, self._plan.batching)
+        elif self._rows is None:
             self._rows = 1 + max(i for e, i, _, last in _until_last(map_rows(self._plan, 0, DataStats())))
         return self._rows
 
@@ -384,6 +388,18 @@ class Loader:
         else:
             log.warning("stream state was saved for %s ranks x workers, now %s: restarting epoch %d",
                         state["split"], [self._plan.world, len(self._consumed)], self._position[0])
+
+
+def stream_rows(sources: list[Source], batching: str) -> int:
+    """Rows of one epoch of a stream: each sample of each source once (a webdataset source's
+    ``samples_per_epoch()``, a map source's entries), one row per sample. ConfigError with ``packed``
+    batching (how many samples share a row is unknown before they are read) or uncounted shards; samples
+    later found bad or skipped make the count an upper bound."""
+    if batching == "packed":
+        raise ConfigError("data.batching", batching, "grouped or padded to count an epoch of streamed shards "
+                                                     "(a packed row holds an unknown number of samples), "
+                                                     "or set training.max_steps")
+    return sum(s.samples_per_epoch() if isinstance(s, ShardSource) else len(s) for s in sources)
 
 
 def _until_last(rows: Iterator[tuple[int, int, Row, bool]]) -> Iterator[tuple[int, int, Row, bool]]:

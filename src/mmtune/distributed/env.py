@@ -76,6 +76,12 @@ class DistEnv:
         return mesh.get_group() if mesh is not None else None
 
 
+def check_world(world: int, tp: int) -> None:
+    """Raises ConfigError unless ``tp`` divides the number of processes ``world``."""
+    if world % tp:
+        raise ConfigError("parallel.tp", tp, f"a divisor of the number of processes ({world})")
+
+
 def init_distributed(tp: int = 1, timeout_minutes: float = 30.0) -> DistEnv:
     """Joins the ``torchrun`` job described by the environment, or starts a one-process group.
 
@@ -85,8 +91,7 @@ def init_distributed(tp: int = 1, timeout_minutes: float = 30.0) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world % tp:
-        raise ConfigError("parallel.tp", tp, f"a divisor of the number of processes ({world})")
+    check_world(world, tp)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

@@ -7,7 +7,9 @@ Public API:
 * :class:`MapSource`: ``len(source)``, ``source.record(index, epoch, seed) -> Record | BadRecord``
   (a caption list gets a fresh choice per epoch, seeded by ``(seed, epoch, index)``), ``load_bad`` (entries
   that could not be parsed when the files were read).
-* :class:`ShardSource`: ``shards`` (the expanded URLs) and ``read(shard) -> Iterator[Record | BadRecord]``.
+* :class:`ShardSource`: ``shards`` (the expanded URLs), ``read(shard) -> Iterator[Record | BadRecord]`` and
+  ``samples_per_epoch()`` (``num_samples`` when declared, else the sum of img2dataset's per-shard
+  ``successes``; ConfigError naming ``num_samples`` when a shard has no stats file).
 * Both: ``records() -> Iterator[Record | BadRecord]``, every record in file order (epoch 0, seed 0), and
   ``entries() -> Iterator[(Record | BadRecord, dict)]``, each with its raw entry (a map source's parsed
   entry: captions list, ``answers``, ``scene``, ...; ``{}`` for a shard source).
@@ -31,7 +33,7 @@ from mmtune.data.badrecords import BadRecord
 from mmtune.data.records import Record
 from mmtune.data.sources.formats import ENTRY_READERS, EntryOptions, kind_of_entry
 from mmtune.data.sources.paths import expand
-from mmtune.data.sources.shards import read_shard
+from mmtune.data.sources.shards import read_shard, shard_successes, stats_url
 from mmtune.data.sources.tables import Table, read_table
 from mmtune.errors import ConfigError, DataError
 
@@ -96,6 +98,25 @@ class ShardSource:
     weight: float
     opts: EntryOptions
     shards: list[str]
+    num_samples: Optional[int] = None
+    """The declared ``SourceConfig.num_samples``."""
+    where: str = "data.sources[0]"
+    """The config entry this source comes from (for errors)."""
+
+    def samples_per_epoch(self) -> int:
+        """Samples in one pass over the shards: ``num_samples`` when declared, else the sum of the
+        ``successes`` of img2dataset's ``{shard}_stats.json`` files; ConfigError when a shard has none."""
+        if self.num_samples is not None:
+            return self.num_samples
+        total = 0
+        for shard in self.shards:
+            count = shard_successes(shard)
+            if count is None:
+                raise ConfigError(f"{self.where}.num_samples", None,
+                                  f"the samples in one epoch of {self.name} ({stats_url(shard) or shard}, img2dataset's "
+                                  "count of that shard, is missing), or set training.max_steps")
+            total += count
+        return total
 
     def read(self, shard: str) -> Iterator[Union[Record, BadRecord]]:
         """The samples of one shard, in order."""
@@ -141,10 +162,13 @@ def open_source(cfg: SourceConfig, *, default_root: Optional[str] = None, where:
     urls = expand(cfg.path)
     kind = cfg.kind
     if kind == "webdataset" or (kind == "auto" and all(_is_tar(u) for u in urls)):
-        return ShardSource(name, cfg.weight, opts, urls)
+        return ShardSource(name, cfg.weight, opts, urls, cfg.num_samples, where)
     tables = [read_table(u, name) for u in urls]
     if kind == "auto":
         kind = detect_kind(urls, tables)
     if kind not in ENTRY_READERS:
         raise ConfigError(f"{where}.kind", kind, "auto, webdataset, manifest, alpaca or llava")
+    if cfg.num_samples is not None:
+        raise ConfigError(f"{where}.num_samples", cfg.num_samples,
+                          f"null for a {kind} source (its {sum(len(t) for t in tables)} entries are counted)")
     return MapSource(name, kind, cfg.weight, opts, tables)

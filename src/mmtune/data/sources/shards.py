@@ -10,6 +10,9 @@ Public API:
   A sample without an image or caption, or with an undecodable ``.json``/``.txt``, is a bad record
   located at ``shard:key``; a truncated or corrupt tar ends the shard with one bad record located at the
   last key read. Image bytes are kept encoded (decoded later, in the loader's workers).
+* :func:`stats_url` ``(url) -> str | None``: the ``{shard}_stats.json`` img2dataset writes next to shard
+  ``{shard}.tar`` (None for a ``pipe:`` command); :func:`shard_successes` ``(url) -> int | None``: its
+  ``successes`` field, the number of samples written into the shard (None when there is no such file).
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from __future__ import annotations
 import json
 import random
 import tarfile
+from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from mmtune.data.badrecords import BadRecord
 from mmtune.data.records import Record
 from mmtune.data.sources.formats import CAPTION_KEYS, EntryOptions, caption_entry
-from mmtune.data.sources.paths import open_binary
+from mmtune.data.sources.paths import is_remote, open_binary
 from mmtune.errors import DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+STATS_SUFFIX = "_stats.json"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -84,3 +89,32 @@ def read_shard(url: str, opts: EntryOptions) -> Iterator[Union[Record, BadRecord
         return
     if key is not None:
         yield _sample(url, key, parts, opts)
+
+
+def stats_url(url: str) -> Optional[str]:
+    """``dir/00012.tar`` (or ``.tar.gz``, ``.tgz``) -> ``dir/00012_stats.json``; None for ``pipe:`` commands."""
+    if url.startswith("pipe:"):
+        return None
+    stem = url.rpartition(".tgz")[0] if url.endswith(".tgz") else url.rpartition(".tar")[0]
+    return (stem or url) + STATS_SUFFIX
+
+
+def shard_successes(url: str) -> Optional[int]:
+    """The ``successes`` of shard ``url``'s img2dataset stats file (samples written into the shard); None when
+    there is no stats file; DataError when it is not img2dataset's JSON."""
+    stats = stats_url(url)
+    if stats is None or (not is_remote(stats) and not Path(stats.removeprefix("file://")).is_file()):
+        return None
+    try:
+        with open_binary(stats) as stream:
+            data = json.load(stream)
+    except DataError:
+        if is_remote(stats):
+            return None  # not there (or not reachable): counted as missing
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{stats}: not JSON (expected img2dataset's shard stats)") from None
+    successes = data.get("successes") if isinstance(data, dict) else None
+    if not isinstance(successes, int) or isinstance(successes, bool) or successes < 0:
+        raise DataError(f"{stats}: no 'successes' count (expected img2dataset's shard stats)")
+    return successes
