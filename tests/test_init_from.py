@@ -186,3 +186,23 @@ def test_a_config_that_differs_from_the_checkpoint_is_warned_about(formats, tmp_
         trainer = _trainer(cfg)
     shutdown({"trainer": trainer})
     assert "differs from the config in model.rope_theta (config 500000.0, checkpoint 10000.0)" in caplog.text
+
+
+def test_a_resumed_run_reads_its_checkpoint_not_init_from(formats, tmp_path):
+    import shutil
+
+    from mmtune.cli import main
+
+    regen = _regen_module()
+    world = regen.write_data(tmp_path / "world")
+    start = shutil.copytree(formats["hf"], tmp_path / "start")
+    config = str(ROOT / "configs" / "debug-stage2.yaml")
+    args = [*regen.overrides(2, world, tmp_path / "run"), "--training.init_from", str(start),
+            "--training.max_steps", "2", "--training.save_every", "1"]
+    assert main(["train", config, *args]) == 0
+    uninterrupted = regen.losses(tmp_path / "run")
+    shutil.rmtree(start)  # gone: a resume must not need it
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000002")
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    assert main(["train", config, *args, "--resume", "auto"]) == 0
+    assert regen.losses(tmp_path / "run") == uninterrupted[1:]

@@ -54,7 +54,7 @@ def run_training(cfg: Config, resume: Optional[str] = None) -> Optional[Path]:
     try:
         with cpu_threads_for(env, cfg.parallel.cpu_threads, cfg.data.num_workers):
             holder["parts"] = build_parts(cfg, env)
-            holder["trainer"] = Trainer(cfg, env, holder["parts"])
+            holder["trainer"] = Trainer(cfg, env, holder["parts"], resuming=resume_from is not None)
             last = holder["trainer"].fit(resume_from)
         ok = True
     finally:

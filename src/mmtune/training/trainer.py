@@ -92,8 +92,11 @@ def total_steps(cfg: Config, loader: Optional[BatchLoader]) -> int:
 class Trainer:
     """Builds the sharded model and optimizer for ``cfg`` on ``env`` and runs :meth:`fit`."""
 
-    def __init__(self, cfg: Config, env: DistEnv, parts: RunParts):
+    def __init__(self, cfg: Config, env: DistEnv, parts: RunParts, resuming: bool = False):
+        """``resuming``: the weights will come from a checkpoint (:meth:`fit` with ``resume``), so the
+        starting weights (``training.init_from``, ``vision.path``, fresh units) are not read at all."""
         self.cfg, self.env, self.parts = cfg, env, parts
+        self.resuming = resuming
         self.out = Path(cfg.training.output_dir)
         self.accum = accumulation_steps(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                                         env.dp_size)
@@ -122,7 +125,8 @@ class Trainer:
         parallelize(model, cfg.parallel, env.dp_mesh, env.tp_mesh, dtype)
         model.to_empty(device=env.device)
         model.init_buffers(env.device)
-        initial_weights(cfg, model, self.parts.build_model("meta"), progress=env.is_main)
+        if not self.resuming:
+            initial_weights(cfg, model, self.parts.build_model("meta"), progress=env.is_main)
         return model
 
     def _flops_per_token(self) -> float:
@@ -179,6 +183,8 @@ class Trainer:
 
     def fit(self, resume: Optional[Path] = None) -> Optional[Path]:
         """Trains to ``total_steps`` (continuing from ``resume``); returns the last checkpoint."""
+        if self.resuming and resume is None:
+            raise MMTuneError("this trainer was built to resume but fit() got no checkpoint")
         if resume is not None:
             self.load(resume)
         if self.env.is_main:
