@@ -6,8 +6,8 @@ the tokenizer with ``<image>`` and a chat template, ``preprocessor_config.json``
 processor with the model's size and normalisation), ``processor_config.json`` (``LlavaProcessor``) and a
 model card. transformers embeds the image token before overwriting it, so the embedding and output
 matrices grow to the tokenizer's size with mean rows (never the greedy choice: a mean logit is below the
-maximum). transformers' processor resizes and center-crops; a model trained with ``resize: pad`` saw
-padded images, so pad non-square images to a square before calling the processor.
+maximum). The image processor does what the model's ``vision.resize`` did in training
+(:mod:`mmtune.formats.hf_images`: centre crop, stretch, or LLaVA-1.5's pad to square with the mean colour).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from mmtune.config import VisionConfig
 from mmtune.errors import CheckpointError
 from mmtune.formats.card import find_run_info, release_card
+from mmtune.formats.hf_images import image_processor
 from mmtune.formats.pipeline import check_absent, finish_output, fresh_output
 from mmtune.models.weights import ShardedWriter, WeightsReader, read_model_config
 
@@ -67,37 +68,27 @@ def _saved_tensors(model_dir: str | Path, rename: Callable[[str, torch.Tensor], 
         yield from rename(key, tensor).items()
 
 
-def _image_processor(vision_cfg: VisionConfig) -> Any:
-    """transformers' PIL image processor with the tower's size and normalisation."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    from mmtune.models.vision import resolve_image_settings
-
-    s = resolve_image_settings(vision_cfg)
-    common = dict(image_mean=list(s.mean), image_std=list(s.std), do_convert_rgb=True)
-    if vision_cfg.kind == "siglip":
-        return SiglipImageProcessorPil(size={"height": s.size, "width": s.size}, resample=3, **common)
-    return CLIPImageProcessorPil(size={"shortest_edge": s.size}, crop_size={"height": s.size, "width": s.size},
-                                 do_center_crop=True, resample=3, **common)
-
-
 def _write_processor(vision_cfg: VisionConfig, tokenizer: Any, out: Path) -> None:
     from transformers import LlavaProcessor
 
     from mmtune.models.adapters.hf_llava import SELECT_STRATEGY
+    from mmtune.models.vision import resolve_image_settings
 
-    processor = LlavaProcessor(image_processor=_image_processor(vision_cfg), tokenizer=tokenizer.hf,
+    settings = resolve_image_settings(vision_cfg)
+    images = image_processor(settings.resize, settings.size, settings.mean, settings.std)
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer.hf,
                                patch_size=vision_cfg.hf_config.get("patch_size"),
                                vision_feature_select_strategy=SELECT_STRATEGY[vision_cfg.kind],
                                num_additional_image_tokens=1 if vision_cfg.kind == "clip" else 0,
                                image_token="<image>", chat_template=LLAVA_V1_CHAT_TEMPLATE)
     processor.save_pretrained(str(out))
+    # transformers 5 nests the image processor in processor_config.json; transformers 4, vLLM and the
+    # Hugging Face LLaVA import read preprocessor_config.json
+    images.save_pretrained(str(out))
     pre = out / "preprocessor_config.json"
-    if pre.is_file():  # name the class transformers resolves with or without torchvision
-        data = json.loads(pre.read_text())
-        data["image_processor_type"] = data.get("image_processor_type", "").replace("Pil", "")
-        pre.write_text(json.dumps(data, indent=2))
+    data = json.loads(pre.read_text())  # name the class transformers resolves with or without torchvision
+    data["image_processor_type"] = data.get("image_processor_type", "").replace("Pil", "")
+    pre.write_text(json.dumps(data, indent=2))
 
 
 def export_llava(model_dir: str | Path, out: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
