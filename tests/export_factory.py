@@ -22,14 +22,15 @@ QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
 
 
-def tiny_model_dir(root: Path, tokenizer_dir: Path, vision: str = "debug-clip", resize: str | None = None) -> Path:
-    """A saved tiny model (2-layer decoder, the ``vision`` preset tower, its connector) with fresh weights;
-    ``resize`` overrides the preset's ``vision.resize``."""
+def tiny_model_dir(root: Path, tokenizer_dir: Path, vision: str = "debug-clip", resize: str | None = None,
+                   connector: str | None = None) -> Path:
+    """A saved tiny model (2-layer decoder, the ``vision`` preset tower, a connector: qformer for BLIP-2,
+    else mlp, unless ``connector`` says) with fresh weights; ``resize`` overrides the preset's ``vision.resize``."""
     tok = Tokenizer.from_path(tokenizer_dir)
     cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32000, multiple_of=32, max_seq_len=256)
     vision_cfg = build(VisionConfig, {"preset": vision, **({"resize": resize} if resize else {})}, "vision")
-    connector = ConnectorConfig(kind="qformer" if vision == "debug-blip2" else "mlp")
-    model = VisionLanguageModel(cfg, vision_cfg, connector, tok.image_token_id)
+    kind = connector or ("qformer" if vision == "debug-blip2" else "mlp")
+    model = VisionLanguageModel(cfg, vision_cfg, ConnectorConfig(kind=kind), tok.image_token_id)
     model.init_weights()
     with torch.no_grad():  # a larger output scale makes greedy choices far from ties
         model.llm.output.weight.mul_(20)

@@ -172,10 +172,10 @@ def test_chat_templates_are_recognised_or_logged(tmp_path, llava_dirs, caplog):
     _, src = llava_dirs["clip"]
     caplog.set_level(logging.INFO, logger="mmtune.formats.convert_llava")
     assert chat_template_name(src) == "llava_v1"
-    from mmtune.formats.export_hf import LLAVA_V1_CHAT_TEMPLATE
+    from mmtune.formats.chat_templates import LLAVA_V1
 
     (tmp_path / "ours").mkdir()
-    (tmp_path / "ours" / "chat_template.jinja").write_text(LLAVA_V1_CHAT_TEMPLATE)
+    (tmp_path / "ours" / "chat_template.jinja").write_text(LLAVA_V1)
     assert chat_template_name(tmp_path / "ours") == "llava_v1"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "tokenizer_config.json").write_text(json.dumps(

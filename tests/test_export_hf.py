@@ -74,9 +74,10 @@ def test_llava_processor_matches_mmtune_inputs(exported):
 
 
 def test_llm_only_export_loads_as_llama(tmp_path, llama_tokenizer_dir):
-    src = tiny_model_dir(tmp_path / "model", Path(llama_tokenizer_dir), "debug-blip2")
+    mlp = tiny_model_dir(tmp_path / "mlp", Path(llama_tokenizer_dir), "debug-blip2", connector="mlp")
     with pytest.raises(CheckpointError, match="the Llava layout holds a clip or siglip tower"):
-        export(src, tmp_path / "llava", fmt="hf")
+        export(mlp, tmp_path / "llava", fmt="hf")
+    src = tiny_model_dir(tmp_path / "model", Path(llama_tokenizer_dir), "debug-blip2")
     assert main(["export", str(src), "--out", str(tmp_path / "llm"), "--format", "hf", "--llm-only"]) == 0
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "llm").eval()
     from mmtune.models.io import load_model
