@@ -34,6 +34,10 @@ def test_llava_export_answers_as_mmtune_and_reads_back(tmp_path, llama_tokenizer
     for image in IMAGES:
         answer = same_answer(engine, hf, processor, image)
         assert same_answer(back, hf, processor, image) == answer
+    card = (out / "README.md").read_text()
+    assert f"- image mode: vision.resize {mode} (transformers {PROCESSORS[mode][0]})" in card
+    assert "- chat template: mmtune's llava_v1" in card and "- dtype: float32" in card
+    assert f"mmtune generate --model {src} --template llava_v1 --image IMAGE --prompt TEXT" in card
 
 
 def test_bf16_llava_export_loads_and_generates(tmp_path, llama_tokenizer_dir):

@@ -38,6 +38,7 @@ def test_qformer_export_answers_as_mmtune(tmp_path, llama_tokenizer_dir, mode):
             "processor_config.json"} <= {p.name for p in out.iterdir()}
     hf, processor = _load(out)
     assert type(hf).__name__ == "MMTuneQFormerForCausalLM" and type(processor).__name__ == "MMTuneQFormerProcessor"
+    assert hf.config.vocab_size == 32000  # the decoder's own: image positions are masked before the lookup
     engine = Engine.from_dir(src, template="alpaca")
     for image in IMAGES:
         same_answer(engine, hf, processor, image)
@@ -53,6 +54,10 @@ def test_bf16_qformer_export_loads_and_generates(tmp_path, llama_tokenizer_dir):
     assert hf.dtype == torch.bfloat16 and "- dtype: bfloat16" in (tmp_path / "hf" / "README.md").read_text()
     inputs = processor(text=processor.apply_chat_template([{"role": "user", "content": "What is it?"}]),
                        images=IMAGES[0], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()  # BOS once (the chat template has it), then the image run
+    n = processor.num_image_tokens  # num_query_tokens + 2
+    assert ids[0] == processor.tokenizer.bos_token_id and ids[1:n + 1] == [hf.config.image_token_id] * n == [32000] * 6
+    assert ids[n + 1] != processor.tokenizer.bos_token_id
     with torch.no_grad():
         answer = hf.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert answer.shape[1] > inputs["input_ids"].shape[1]
@@ -79,3 +84,11 @@ def test_a_template_without_a_chat_template_is_refused(tmp_path, llama_tokenizer
     assert main(["export", str(src), "--out", str(tmp_path / "hf"), "--format", "hf", "--template", "caption"]) == 2
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
     assert json.loads((src / "config.json").read_text())["connector"]["kind"] == "qformer"
+
+
+def test_the_chat_template_defaults_to_the_runs_template(tmp_path, llama_tokenizer_dir):
+    src = tiny_model_dir(tmp_path / "model", Path(llama_tokenizer_dir), "debug-blip2")
+    (src / "config.yaml").write_text("data:\n  template: llava_v1\n")
+    out = export(src, tmp_path / "hf", fmt="hf")
+    assert "- chat template: mmtune's llava_v1" in (out / "README.md").read_text()
+    assert "USER:" in (out / "chat_template.jinja").read_text()

@@ -1,5 +1,6 @@
-"""mmtune models -> Hugging Face: ``LlavaForConditionalGeneration`` (CLIP/SigLIP + ``mlp`` connector) or
-the language part alone as ``LlamaForCausalLM``; and :func:`export`, the ``mmtune export`` entry point.
+"""mmtune models -> Hugging Face: ``LlavaForConditionalGeneration`` (CLIP/SigLIP + ``mlp`` connector), a
+remote-code model (``qformer``, :mod:`mmtune.formats.export_remote`) or the language part alone as
+``LlamaForCausalLM``; and :func:`export`, the ``mmtune export`` entry point.
 
 A LLaVA export is a directory transformers loads with ``from_pretrained``: ``config.json``, safetensors,
 the tokenizer with ``<image>`` and a chat template, ``preprocessor_config.json`` (the CLIP/SigLIP image
