@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from PIL import Image
 
 from mmtune.config import Config, SourceConfig
@@ -17,6 +18,14 @@ def png_bytes(shade: int = 0, size: tuple[int, int] = (20, 16), fmt: str = "PNG"
     buf = io.BytesIO()
     Image.new("RGB", size, (shade % 256, 80, 160)).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def photo(width: int = 53, height: int = 37) -> Image.Image:
+    """A non-square RGB image with gradients and noise (a stand-in for a photograph)."""
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack([(x * 5.1) % 256, (y * 6.3) % 256, ((x + y) * 2.7) % 256], -1)
+    arr = arr + np.random.default_rng(0).integers(-20, 20, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def write_images(folder: Path, n: int) -> list[str]:

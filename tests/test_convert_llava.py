@@ -9,10 +9,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
@@ -26,6 +24,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from data_factory import photo
 from mmtune.cli import main
 from mmtune.data.processor import Processor
 from mmtune.errors import CheckpointError
@@ -46,14 +45,6 @@ HUB_TEMPLATE = (
 # transformers 5 state-dict names -> the transformers 4 names of the llava-hf Hub releases
 HF4 = {"model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head.",
        "model.vision_tower.": "vision_tower.vision_model.", "model.multi_modal_projector.": "multi_modal_projector."}
-
-
-def photo(width: int = 53, height: int = 37) -> Image.Image:
-    """A non-square RGB image with gradients and noise (a stand-in for a photograph)."""
-    y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([(x * 5.1) % 256, (y * 6.3) % 256, ((x + y) * 2.7) % 256], -1)
-    arr = arr + np.random.default_rng(0).integers(-20, 20, arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def _tower(kind: str):
@@ -181,10 +172,10 @@ def test_chat_templates_are_recognised_or_logged(tmp_path, llava_dirs, caplog):
     _, src = llava_dirs["clip"]
     caplog.set_level(logging.INFO, logger="mmtune.formats.convert_llava")
     assert chat_template_name(src) == "llava_v1"
-    from mmtune.formats.export_hf import LLAVA_V1_CHAT_TEMPLATE
+    from mmtune.formats.chat_templates import LLAVA_V1
 
     (tmp_path / "ours").mkdir()
-    (tmp_path / "ours" / "chat_template.jinja").write_text(LLAVA_V1_CHAT_TEMPLATE)
+    (tmp_path / "ours" / "chat_template.jinja").write_text(LLAVA_V1)
     assert chat_template_name(tmp_path / "ours") == "llava_v1"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "tokenizer_config.json").write_text(json.dumps(

@@ -11,30 +11,17 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
 
+from export_factory import tiny_model_dir
 from mmtune.cli import main
-from mmtune.config import ConnectorConfig, ModelConfig, VisionConfig, build
+from mmtune.config import VisionConfig, build
 from mmtune.data.images import ImageTransform
 from mmtune.data.records import chat_record
 from mmtune.data.templates import get_template
 from mmtune.errors import CheckpointError
 from mmtune.formats.export_hf import export
 from mmtune.models.generate import SamplingParams, generate
-from mmtune.models.io import save_model
 from mmtune.models.tokenizer import Tokenizer
 from mmtune.models.vision import resolve_image_settings
-from mmtune.models.vlm import VisionLanguageModel
-
-
-def _model_dir(root: Path, tokenizer_dir: Path, vision: str = "debug-clip") -> Path:
-    tok = Tokenizer.from_path(tokenizer_dir)
-    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32000, multiple_of=32, max_seq_len=256)
-    vision_cfg = build(VisionConfig, {"preset": vision}, "vision")
-    connector = ConnectorConfig(kind="qformer" if vision == "debug-blip2" else "mlp")
-    model = VisionLanguageModel(cfg, vision_cfg, connector, tok.image_token_id)
-    model.init_weights()
-    with torch.no_grad():  # a larger output scale makes greedy choices far from ties
-        model.llm.output.weight.mul_(20)
-    return save_model(model.eval(), root, tokenizer=tok)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def exported(tmp_path_factory, llama_tokenizer_dir) -> dict[str, tuple[Path, Pat
     root = tmp_path_factory.mktemp("export")
     out = {}
     for vision in ("debug-clip", "debug-siglip"):
-        src = _model_dir(root / vision / "model", Path(llama_tokenizer_dir), vision)
+        src = tiny_model_dir(root / vision / "model", Path(llama_tokenizer_dir), vision)
         out[vision] = (src, export(src, root / vision / "hf", fmt="hf"))
     return out
 
@@ -87,9 +74,10 @@ def test_llava_processor_matches_mmtune_inputs(exported):
 
 
 def test_llm_only_export_loads_as_llama(tmp_path, llama_tokenizer_dir):
-    src = _model_dir(tmp_path / "model", Path(llama_tokenizer_dir), "debug-blip2")
+    mlp = tiny_model_dir(tmp_path / "mlp", Path(llama_tokenizer_dir), "debug-blip2", connector="mlp")
     with pytest.raises(CheckpointError, match="the Llava layout holds a clip or siglip tower"):
-        export(src, tmp_path / "llava", fmt="hf")
+        export(mlp, tmp_path / "llava", fmt="hf")
+    src = tiny_model_dir(tmp_path / "model", Path(llama_tokenizer_dir), "debug-blip2")
     assert main(["export", str(src), "--out", str(tmp_path / "llm"), "--format", "hf", "--llm-only"]) == 0
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "llm").eval()
     from mmtune.models.io import load_model
@@ -103,7 +91,7 @@ def test_llm_only_export_loads_as_llama(tmp_path, llama_tokenizer_dir):
 
 
 def test_mmtune_export_card_has_recipe_and_metrics(tmp_path, llama_tokenizer_dir):
-    src = _model_dir(tmp_path / "run" / "final", Path(llama_tokenizer_dir))
+    src = tiny_model_dir(tmp_path / "run" / "final", Path(llama_tokenizer_dir))
     (tmp_path / "run" / "final" / "report.json").write_text(json.dumps({"coco": {"cider": 0.75}, "vqav2": 61.5}))
     (src / "config.yaml").write_text("training:\n  lr: 2.0e-05\n  init_from: runs/stage1/final\n"
                                      "data:\n  sources:\n  - path: llava_instruct_150k.json\n    kind: llava\n")

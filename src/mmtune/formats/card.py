@@ -91,9 +91,13 @@ def _recipe(recipe: dict[str, Any]) -> str:
 
 
 def release_card(config: dict[str, Any], *, title: str, fmt: str, usage: str,
-                 recipe: Optional[dict[str, Any]], metrics: dict[str, float]) -> str:
-    """The card of an exported model (``fmt``: mmtune, llava or llama) with recipe and metrics."""
+                 recipe: Optional[dict[str, Any]], metrics: dict[str, float],
+                 export: Optional[dict[str, str]] = None) -> str:
+    """The card of an exported model (``fmt``: mmtune, llava, qformer or llama) with recipe and metrics;
+    ``export`` (image mode, chat template, dtype, the check) is listed under "Export"."""
     parts = [f"# {title}\n", f"Format: {fmt}.\n", "## Architecture\n", _architecture(config)]
+    if export:
+        parts += ["## Export\n", "".join(f"- {k}: {v}\n" for k, v in export.items())]
     if recipe:
         parts += ["## Training recipe\n", _recipe(recipe)]
     if metrics:

@@ -18,7 +18,7 @@ checkpoint's embedding rows, so mmtune's logits are transformers' logits, row fo
 ``CheckpointError`` otherwise), so placeholder ids mean the same in both programs. mmtune never looks
 that id up (its positions are overwritten by image features), so the row it has there is unused.
 
-Image settings come from ``preprocessor_config.json`` (:func:`image_settings`) and the chat template is
+Image settings come from ``preprocessor_config.json`` (:func:`mmtune.formats.hf_images.image_settings`) and the chat template is
 matched against LLaVA-1.5's ``USER: <image>\\n... ASSISTANT:`` format (:func:`chat_template_name`);
 whatever cannot be represented is a ``CheckpointError`` naming it.
 """
@@ -30,11 +30,12 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from mmtune.errors import CheckpointError
+from mmtune.formats.hf_images import image_settings
 from mmtune.formats.pipeline import Source, Tensors, renamed
 from mmtune.formats.reading import read_json
 from mmtune.models.adapters.hf_llava import from_llava_config, from_llava_tensor, to_hf5_name
@@ -43,67 +44,10 @@ from mmtune.models.weights import WeightsReader, iter_safetensors, safetensors_f
 log = logging.getLogger(__name__)
 
 EMBEDDING = "model.language_model.embed_tokens.weight"
-_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor", "LlavaImageProcessor")
-_BICUBIC = 3
 # Tower weights LLaVA never uses (it reads hidden states): SigLIP's pooling head, and the text side of a full
 # CLIP / SigLIP model (a vision_config of model_type clip / siglip).
 _UNUSED_TOWER = re.compile(r"^vision\.vision_model\.(head\.|text_model\.|text_projection\.|visual_projection\.|logit_)")
 _PROBE = re.compile(r"(?:.*\S )?USER: <image>\nQ ?ASSISTANT:", re.S)
-
-
-def _side(value: Any, what: str, path: Path) -> tuple[str, int]:
-    """(``shortest_edge`` | ``square``, pixels) of a processor ``size`` / ``crop_size`` value."""
-    if isinstance(value, int):
-        return "square", value
-    if isinstance(value, dict) and "shortest_edge" in value:
-        return "shortest_edge", int(value["shortest_edge"])
-    if isinstance(value, dict) and value.get("height") is not None and value.get("height") == value.get("width"):
-        return "square", int(value["height"])
-    raise CheckpointError(f"{path}: {what} {value!r} is not square; mmtune's images are square")
-
-
-def _refuse(p: dict[str, Any], path: Path) -> None:
-    """Processor steps mmtune's image transform does not have."""
-    kind = str(p.get("image_processor_type", "CLIPImageProcessor")).removesuffix("Fast").removesuffix("Pil")
-    if kind not in _PROCESSORS:
-        raise CheckpointError(f"{path}: image_processor_type {kind!r} is not supported ({', '.join(_PROCESSORS)})")
-    if p.get("do_resize", True) is not True:
-        raise CheckpointError(f"{path}: do_resize false is not supported (mmtune always resizes)")
-    if p.get("resample", _BICUBIC) != _BICUBIC:
-        raise CheckpointError(f"{path}: resample {p['resample']!r} is not supported (mmtune resizes bicubic, 3)")
-    if p.get("do_rescale", True) is not True or abs(float(p.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        raise CheckpointError(f"{path}: rescaling other than 1/255 (do_rescale, rescale_factor) is not supported")
-    if p.get("do_pad") and kind != "LlavaImageProcessor":
-        raise CheckpointError(f"{path}: do_pad with {kind} is not supported (only LlavaImageProcessor pads to square)")
-
-
-def image_settings(model_dir: str | Path, tower_size: int) -> dict[str, Any]:
-    """``VisionConfig`` fields (``image_size``, ``image_mean``, ``image_std``, ``resize``) equal to the
-    directory's ``preprocessor_config.json``; empty (the tower's defaults) when there is none.
-
-    Shortest edge + centre crop of the same size is ``center_crop``; a square resize is ``resize``;
-    LLaVA-1.5's ``do_pad`` (pad to a square with the mean colour first) is ``pad``. The size must be the
-    tower's ``image_size``.
-    """
-    path = Path(model_dir) / "preprocessor_config.json"
-    if not path.is_file():
-        log.warning("%s: no preprocessor_config.json; the tower's default image settings are used", model_dir)
-        return {}
-    p = read_json(path, "preprocessor_config.json")
-    _refuse(p, path)
-    how, size = _side(p.get("size", {"shortest_edge": tower_size}), "size", path)
-    if p.get("do_center_crop", how == "shortest_edge"):
-        crop = _side(p.get("crop_size", size), "crop_size", path)[1]
-        if crop != size:
-            raise CheckpointError(f"{path}: resizing to {size} then cropping {crop} is not supported "
-                                  "(mmtune crops to the resized short side)")
-    elif how == "shortest_edge":
-        raise CheckpointError(f"{path}: a shortest-edge resize without a centre crop is not square")
-    if size != tower_size:
-        raise CheckpointError(f"{path}: image size {size} differs from the vision tower's image_size {tower_size}")
-    resize = "pad" if p.get("do_pad") else "center_crop" if how == "shortest_edge" else "resize"
-    mean, std = (p.get("image_mean"), p.get("image_std")) if p.get("do_normalize", True) else ([0.0] * 3, [1.0] * 3)
-    return {"image_size": size, "resize": resize, "image_mean": mean and list(mean), "image_std": std and list(std)}
 
 
 def find_chat_template(model_dir: str | Path) -> Optional[str]:
