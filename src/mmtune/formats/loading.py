@@ -174,14 +174,12 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu", 
                           prepare: Optional[Prepare] = None) -> LoadedModel:
     """The model of a training checkpoint (or a run directory's newest one), read with DCP."""
     from mmtune.config import load_config
-    from mmtune.models.tokenizer import Tokenizer
     from mmtune.training import checkpoint as ckpt
 
     found = ckpt.resolve_resume(str(path), path)
     assert found is not None
     cfg = load_config(found / "config.yaml")
-    tok_dir = found / "tokenizer"
-    tokenizer = Tokenizer.from_path(str(tok_dir if tok_dir.is_dir() else cfg.tokenizer.path))
+    tokenizer = ckpt.checkpoint_tokenizer(found, cfg)
     model = _meta_model(cfg.model, cfg.vision, cfg.connector, ckpt.read_info(found)["image_token_id"], dtype)
     _materialised(model, device, prepare)
     if prepare is None:

@@ -259,6 +259,14 @@ def load_plain(path: Path, model: nn.Module) -> None:
     model.load_state_dict(state["model"])
 
 
+def checkpoint_tokenizer(path: Path, cfg: Any) -> Any:
+    """The tokenizer a checkpoint carries (``tokenizer/``), else the run config's ``tokenizer.path``."""
+    from mmtune.models.tokenizer import Tokenizer
+
+    tok_dir = Path(path) / "tokenizer"
+    return Tokenizer.from_path(str(tok_dir if tok_dir.is_dir() else cfg.tokenizer.path))
+
+
 def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
     """Turns training checkpoint ``ckpt_dir`` (or the newest one in a run directory) into a saved-model
     directory ``out_dir``; single process, CPU, one unit (embedding, decoder block, ...) read from DCP and
@@ -267,7 +275,6 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: Optional
     from mmtune.config import load_config
     from mmtune.models.init import init_units, unit_of
     from mmtune.models.io import TIED_OUTPUT, saved_config
-    from mmtune.models.tokenizer import Tokenizer
     from mmtune.models.vlm import build_model
     from mmtune.models.weights import ShardedWriter, write_model_config
 
@@ -275,8 +282,7 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: Optional
     assert path is not None
     info = read_info(path)
     cfg = load_config(path / "config.yaml")
-    tok_dir = path / "tokenizer"
-    tokenizer = Tokenizer.from_path(str(tok_dir if tok_dir.is_dir() else cfg.tokenizer.path))
+    tokenizer = checkpoint_tokenizer(path, cfg)
     model = build_model(cfg, info["image_token_id"], device="meta")
     check_loadable(path, model)
     saved = read_metadata(path).state_dict_metadata
