@@ -70,9 +70,11 @@ def test_vqav2_answers_field_is_used(tmp_path):
     (tmp_path / "v.json").write_text(json.dumps(data))
     items = load_items(str(tmp_path / "v.json"), "vqa")
     items[0].prediction = "2"
-    assert score_vqa(items)["soft_accuracy"] == 1.0 and score_vqa(items)["exact_match"] == 1.0
-    items[0].prediction = "three"
-    assert score_vqa(items)["soft_accuracy"] == pytest.approx(1 / 3)
+    # three of four humans said 2: 2/3 when one of them is left out, 1 when the "3" is
+    assert score_vqa(items)["vqa_accuracy"] == pytest.approx((3 * 2 / 3 + 1) / 4)
+    assert score_vqa(items)["exact_match"] == 1.0
+    items[0].prediction = "three"  # one human said 3: 1/3 with the other three, 0 when it is left out
+    assert score_vqa(items)["vqa_accuracy"] == pytest.approx(3 / 4 * 1 / 3)
 
 
 def test_scores_of_known_predictions(world):

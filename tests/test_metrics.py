@@ -1,4 +1,4 @@
-"""BLEU-4, CIDEr-D, exact match and VQAv2 accuracy against values computed by hand."""
+"""Caption metrics against values computed by hand and against pycocoevalcap."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import math
 
 import pytest
 
-from mmtune.evaluation.metrics import (
-    bleu,
-    caption_exact_match,
-    cider_d,
-    normalize_vqa_answer,
-    tokenize_caption,
-    vqa_exact_match,
-    vqa_soft_accuracy,
-)
+from mmtune.evaluation.metrics import bleu, bleu_scores, caption_exact_match, cider_d, rouge_l, tokenize_caption
 
 
 def test_tokenize_caption_drops_punctuation_and_case():
@@ -89,23 +81,26 @@ def test_caption_exact_match_ignores_case_and_punctuation():
     assert caption_exact_match(hyps, refs) == 0.5
 
 
-@pytest.mark.parametrize("raw, normalized", [
-    ("Two", "2"), ("the Dog.", "dog"), ("yes!", "yes"), ("dont", "don't"), ("3.5", "3.5"),
-    ("a red-circle", "red circle"), ("5,000", "5000"), ("  Top\tLeft\n", "top left"),
-])
-def test_vqa_normalization(raw, normalized):
-    assert normalize_vqa_answer(raw) == normalized
+CAPTIONS = [
+    ("A red circle in the top left.", ["a red circle at the top left", "red circle, top left corner",
+                                       "the top left holds a red circle"]),
+    ("two blue squares", ["Two blue squares side by side.", "a pair of blue squares"]),
+    ("a green triangle", ["a small green triangle", "green triangle in the middle", "a triangle"]),
+    ("nothing here", ["an empty picture", "a plain white background"]),
+    ("a yellow star and a red circle", ["a red circle next to a yellow star", "yellow star, red circle"]),
+]
 
 
-def test_vqa_soft_accuracy():
-    humans = ["2", "two", "2", "3", "three", "2 ", "4", "2", "1", "many"]
-    assert vqa_soft_accuracy("Two", humans) == 1.0           # five humans said 2
-    assert vqa_soft_accuracy("3", humans) == pytest.approx(2 / 3)
-    assert vqa_soft_accuracy("four", humans) == pytest.approx(1 / 3)
-    assert vqa_soft_accuracy("five", humans) == 0.0
+def test_caption_metrics_equal_pycocoevalcap():
+    """BLEU-1..4, ROUGE-L and CIDEr-D against pycocoevalcap on the same tokenised captions."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
 
-
-def test_vqa_exact_match_against_majority():
-    assert vqa_exact_match("two", ["2", "2", "3"]) == 1.0
-    assert vqa_exact_match("three", ["2", "2", "3"]) == 0.0
-    assert vqa_exact_match("yes", []) == 0.0
+    hyps, refs = [h for h, _ in CAPTIONS], [r for _, r in CAPTIONS]
+    res = {i: [" ".join(tokenize_caption(h))] for i, h in enumerate(hyps)}
+    gts = {i: [" ".join(tokenize_caption(r)) for r in rs] for i, rs in enumerate(refs)}
+    theirs_bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    assert bleu_scores(hyps, refs) == pytest.approx(theirs_bleu, rel=1e-9)
+    assert rouge_l(hyps, refs) == pytest.approx(Rouge().compute_score(gts, res)[0], rel=1e-9)
+    assert cider_d(hyps, refs) == pytest.approx(Cider().compute_score(gts, res)[0], rel=1e-9)

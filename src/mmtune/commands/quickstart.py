@@ -218,8 +218,7 @@ def _evaluate(out: Path, world: Path, stage2: "tuple[str, Optional[str]]") -> di
                               desc="stage 2 captions")
     vqa = score_vqa(model2.predict(load_items(str(held / "vqa.json"), "vqa"), desc="stage 2 VQA"))
     text = score_vqa(model2.predict(load_items(str(held / "alpaca.json"), "vqa"), desc="stage 2 text"))
-    result2 = {**score_captions(captions), "vqa_accuracy": vqa["exact_match"],
-               "vqa_soft_accuracy": vqa["soft_accuracy"], "vqa_by_question": vqa["by_question"],
+    result2 = {**score_captions(captions), "vqa_accuracy": vqa["exact_match"], "vqa_by_question": vqa["by_question"],
                "text_accuracy": text["exact_match"]}
     return {"stage1": result1, "stage2": result2}
 
@@ -230,8 +229,8 @@ def _examples(out: Path, world: Path, stage2: "tuple[str, Optional[str]]", count
     from dataclasses import replace
 
     from mmtune.data.synth.grammar import CAPTION_PREFIX
-    from mmtune.evaluation.metrics import vqa_exact_match
     from mmtune.evaluation.runner import EvalItem, Predictor, caption_is_correct, load_items
+    from mmtune.evaluation.scoring import vqa_exact_match
 
     held = world / "heldout"
     plain = load_items(str(held / "captions.jsonl"), "caption", limit=count)

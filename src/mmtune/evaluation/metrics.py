@@ -1,10 +1,11 @@
-"""Caption and VQA metrics: BLEU-4, CIDEr-D, exact match, VQAv2 accuracy with its answer normalisation.
+"""Caption metrics: BLEU-1..4, ROUGE-L, CIDEr-D, exact match (answer scoring is in :mod:`.scoring`).
 
-BLEU-4 and CIDEr-D follow the MS-COCO caption evaluation code (pycocoevalcap): corpus-level BLEU
+BLEU, ROUGE-L and CIDEr-D follow the MS-COCO caption evaluation code (pycocoevalcap): corpus-level BLEU
 with the "closest reference length" brevity penalty, and CIDEr-D with document frequencies taken from
 the references, clipped tf-idf vectors, a Gaussian length penalty (sigma 6) and the factor 10. They
 are written here because pycocoevalcap's tokenizer needs Java; captions are tokenised by
 :func:`tokenize_caption` (lower case, words only, punctuation dropped), as its PTB tokenizer does.
+``tests/test_metrics.py`` checks every value against pycocoevalcap on the same tokenised captions.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _ngrams(words: Sequence[str], n: int) -> Ngrams:
 
 # ------------------------------------------------------------------ BLEU
 
-def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Corpus BLEU-``max_n`` of ``hypotheses[i]`` against the references ``references[i]``.
+def bleu_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> list[float]:
+    """Corpus BLEU-1 .. BLEU-``max_n`` of ``hypotheses[i]`` against the references ``references[i]``.
 
     Clipped n-gram counts and lengths are summed over the corpus; the brevity penalty uses, for each
     hypothesis, the reference length closest to it (the shorter on a tie), as coco-caption does.
@@ -51,9 +52,45 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: 
             correct[n - 1] += sum(min(c, max_ref[g]) for g, c in counts.items())
             guess[n - 1] += max(len(h) - n + 1, 0)
     tiny, small = 1e-15, 1e-9
-    log_precision = sum(math.log((c + tiny) / (g + small)) for c, g in zip(correct, guess)) / max_n
     brevity = min(0.0, 1.0 - (ref_len + small) / (hyp_len + tiny))
-    return math.exp(log_precision + brevity)
+    logs = [math.log((c + tiny) / (g + small)) for c, g in zip(correct, guess)]
+    return [math.exp(sum(logs[:n]) / n + brevity) for n in range(1, max_n + 1)]
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` (:func:`bleu_scores`' last value)."""
+    return bleu_scores(hypotheses, references, max_n)[-1]
+
+
+# ------------------------------------------------------------------ ROUGE-L
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev = 0
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
+    """Mean over images of ROUGE-L: the F-measure (``beta`` 1.2) of the best longest-common-subsequence
+    precision and the best recall over an image's references, as coco-caption computes it."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        return 0.0
+    scores = []
+    for hyp, refs in zip(hypotheses, references):
+        h = tokenize_caption(hyp)
+        lcs = [(_lcs(h, r), len(r)) for r in map(tokenize_caption, refs)]
+        precision = max((n / len(h) if h else 0.0 for n, _ in lcs), default=0.0)
+        recall = max((n / length if length else 0.0 for n, length in lcs), default=0.0)
+        if precision and recall:
+            scores.append((1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision))
+        else:
+            scores.append(0.0)
+    return sum(scores) / len(scores)
 
 
 # ------------------------------------------------------------------ CIDEr-D
@@ -115,68 +152,3 @@ def caption_exact_match(hypotheses: Sequence[str], references: Sequence[Sequence
         return 0.0
     hits = sum(tokenize_caption(h) in [tokenize_caption(r) for r in refs] for h, refs in zip(hypotheses, references))
     return hits / len(hypotheses)
-
-
-# ------------------------------------------------------------------ VQA
-
-_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
-    "im": "i'm", "ive": "i've", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
-    "maam": "ma'am", "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "shant": "shan't", "shed": "she'd", "shes": "she's",
-    "shouldve": "should've", "shouldnt": "shouldn't", "thats": "that's", "thered": "there'd",
-    "theres": "there's", "theyd": "they'd", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-    "wasnt": "wasn't", "weve": "we've", "werent": "weren't", "whats": "what's",
-    "whered": "where'd", "wheres": "where's", "whod": "who'd", "wholl": "who'll", "whos": "who's",
-    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
-    "wouldve": "would've", "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll",
-    "youre": "you're", "youve": "you've",
-}
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-          "?", "!"]
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-
-
-def _strip_punctuation(text: str) -> str:
-    out = text
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
-
-
-def normalize_vqa_answer(answer: str) -> str:
-    """The VQAv2 evaluation's answer normalisation.
-
-    Punctuation is removed (or turned into a space), periods not inside numbers dropped; words are
-    lower-cased, number words become digits, articles go, and contractions get their apostrophe.
-    """
-    text = _strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip().lower())
-    words = []
-    for word in text.split():
-        word = _NUMBER_WORDS.get(word, word)
-        if word not in _ARTICLES:
-            words.append(_CONTRACTIONS.get(word, word))
-    return " ".join(words)
-
-
-def vqa_soft_accuracy(answer: str, human_answers: Sequence[str]) -> float:
-    """VQAv2 accuracy of one answer: min(#humans that gave it / 3, 1), after normalisation."""
-    given = normalize_vqa_answer(answer)
-    return min(sum(normalize_vqa_answer(h) == given for h in human_answers) / 3.0, 1.0)
-
-
-def vqa_exact_match(answer: str, human_answers: Sequence[str]) -> float:
-    """1.0 when the normalised answer equals the most common normalised human answer, else 0.0."""
-    if not human_answers:
-        return 0.0
-    normalized = Counter(normalize_vqa_answer(h) for h in human_answers)
-    return float(normalize_vqa_answer(answer) == normalized.most_common(1)[0][0])

@@ -8,7 +8,7 @@ Items come from any supported data format (:func:`mmtune.data.sources.open_sourc
   ``scene`` facts are also scored by :func:`mmtune.data.synth.caption_correct` (``caption_accuracy``).
 * ``vqa``: every assistant turn of every conversation (LLaVA, Alpaca) is one question; the turns before
   it are the history, given with their reference answers. An entry's optional ``answers`` list (VQAv2
-  style, for single-turn entries) holds the human answers for the soft accuracy.
+  style, for single-turn entries) holds the human answers for the VQA accuracy.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
 from mmtune.config import SourceConfig
 from mmtune.data.badrecords import BadRecord
 from mmtune.data.records import ImageRef, Message, Record
 from mmtune.errors import DataError
-from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d, vqa_exact_match, vqa_soft_accuracy
+from mmtune.evaluation.metrics import bleu, caption_exact_match, cider_d
+from mmtune.evaluation.scoring import vqa_accuracy, vqa_exact_match
+from mmtune.evaluation.spread import predict_spread
 from mmtune.inference.engine import Engine
 from mmtune.inference.request import ChatRequest
 
@@ -45,6 +48,11 @@ class EvalItem:
     """The synthetic world's facts [[kind, colour, position], ...] of the image, when known."""
     kind: str = ""
     """A label for reports (the question's first words, or "caption")."""
+    ident: dict = field(default_factory=dict)
+    """The benchmark's own id fields (question_id, index, pid, image_id; a split or rotation), written
+    with the answer to the predictions file."""
+    meta: dict = field(default_factory=dict)
+    """What the benchmark's scoring needs besides the references (a label, options, a category)."""
     prediction: str = field(default="", compare=False)
 
 
@@ -123,9 +131,12 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str, template: str, max_new_tokens: int = 64,
-                 system_prompt: Optional[str] = None) -> "Predictor":
-        """Loads a saved-model directory on the CPU; ``system_prompt`` as ``data.system_prompt`` in training."""
-        return cls(Engine.from_dir(model_dir, template=template), template, max_new_tokens, system_prompt)
+                 system_prompt: Optional[str] = None, device: str = "cpu",
+                 dtype: Optional[torch.dtype] = None) -> "Predictor":
+        """Loads a model (any ``--model`` format) on ``device`` in ``dtype`` (None: fp32);
+        ``system_prompt`` as ``data.system_prompt`` in training."""
+        engine = Engine.from_dir(model_dir, device=device, dtype=dtype, template=template)
+        return cls(engine, template, max_new_tokens, system_prompt)
 
     def request(self, record: Record) -> ChatRequest:
         """The engine request of one prompt record (greedy, the record's own template if it has one)."""
@@ -139,10 +150,11 @@ class Predictor:
         completions = self.engine.run_batch([self.engine.prepare(self.request(r)) for r in records])
         return [(r.prefix or "") + c.text for r, c in zip(records, completions)]
 
-    def predict(self, items: list[EvalItem], batch_size: int = 32, desc: str = "eval") -> list[EvalItem]:
+    def predict(self, items: list[EvalItem], batch_size: int = 32, desc: str = "eval",
+                show: bool = True) -> list[EvalItem]:
         """Fills ``item.prediction`` for every item (text-only and image prompts batch separately)."""
         groups = [[i for i in items if i.record.has_image], [i for i in items if not i.record.has_image]]
-        with tqdm(total=len(items), desc=desc, unit="item") as bar:
+        with tqdm(total=len(items), desc=desc, unit="item", disable=not show) as bar:
             for group in groups:
                 for start in range(0, len(group), batch_size):
                     batch = group[start:start + batch_size]
@@ -172,26 +184,27 @@ def caption_is_correct(item: EvalItem) -> bool:
 
 
 def score_vqa(items: Sequence[EvalItem]) -> dict[str, Any]:
-    """Exact match and VQAv2 soft accuracy, overall and by question kind."""
+    """Exact match (against the most common reference), overall and by question kind; with several
+    human answers per question (an entry's ``answers`` list), the VQA accuracy too."""
     exact = [vqa_exact_match(i.prediction, i.references) for i in items]
-    soft = [vqa_soft_accuracy(i.prediction, i.references) for i in items]
     by_kind: dict[str, list[float]] = {}
     for item, value in zip(items, exact):
         by_kind.setdefault(item.kind, []).append(value)
-    return {"exact_match": sum(exact) / max(len(items), 1), "soft_accuracy": sum(soft) / max(len(items), 1),
-            "count": len(items),
-            "by_question": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+    scores = {"exact_match": sum(exact) / max(len(items), 1), "count": len(items),
+              "by_question": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+    if items and all(len(i.references) > 1 for i in items):
+        scores["vqa_accuracy"] = sum(vqa_accuracy(i.prediction, i.references) for i in items) / len(items)
+    return scores
 
 
-def evaluate(model_dir: str, data: str, task: Task, *, template: str, prompt: Optional[str] = None,
-             system_prompt: Optional[str] = None, batch_size: int = 32, limit: Optional[int] = None,
-             max_new_tokens: int = 64, image_root: Optional[str] = None) -> dict[str, Any]:
-    """Loads a model, answers a dataset and scores it; the result holds a few sample answers too."""
+def evaluate(predictor: Predictor, data: str, task: Task, *, prompt: Optional[str] = None, batch_size: int = 32,
+             limit: Optional[int] = None, image_root: Optional[str] = None) -> dict[str, Any]:
+    """Answers a synthetic-world (or any supported format) dataset and scores it, the items spread over
+    the ranks of a ``torchrun`` job; the result holds a few sample answers too."""
     items = load_items(data, task, image_root=image_root, prompt=prompt, limit=limit)
-    predictor = Predictor.from_dir(model_dir, template, max_new_tokens, system_prompt)
-    predictor.predict(items, batch_size, desc=f"{task} {Path(data).name}")
+    predict_spread(predictor, items, batch_size, desc=f"{task} {Path(data).name}")
     scores = score_captions(items) if task == "caption" else score_vqa(items)
     samples = [{"prompt": [m.content for m in i.record.messages if m.role == "user"][-1:], "prediction": i.prediction,
                 "references": i.references[:3]} for i in items[:5]]
-    return {"task": task, "data": data, "model": model_dir, "template": template, "system_prompt": system_prompt,
+    return {"task": task, "data": data, "template": predictor.template, "system_prompt": predictor.system_prompt,
             **scores, "samples": samples}
