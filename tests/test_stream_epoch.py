@@ -1,5 +1,6 @@
 """An epoch of streamed webdataset shards: counted from img2dataset's stats files or a declared
-``num_samples``, one row per sample (grouped / padded), and one-line errors when it cannot be counted."""
+``num_samples``, one row per sample (grouped / padded), ended by the first ``stop`` source to run out, and
+one-line errors when it cannot be counted."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_declared_num_samples_wins_over_stats_and_needs_none(tmp_path, tok):
     assert _loader(config([source], template="caption"), tok).rows_per_epoch == 1000
 
 
-def test_weights_do_not_change_an_epoch_every_sample_is_read_once(tmp_path, tok):
+def test_a_weighted_stream_epoch_ends_when_a_stop_source_runs_out(tmp_path, tok):
     alpaca = write_json(tmp_path / "mix/alpaca.json", alpaca_items(5))
     (tmp_path / "mix/mix.yaml").write_text(json.dumps({"sources": [
         {"path": str(tmp_path / "shards/{00000..00002}.tar"), "weight": 3.0},
@@ -73,8 +74,17 @@ def test_weights_do_not_change_an_epoch_every_sample_is_read_once(tmp_path, tok)
     write_shards(tmp_path / "shards", 3, 4, stats=True)
     cfg = config([], template="caption", mixture=str(tmp_path / "mix/mix.yaml"))
     loader = _loader(cfg, tok)
-    assert loader.rows_per_epoch == 3 * 4 + 5
-    assert sum(int(b.num_samples) for b in loader) == 17
+    assert loader.rows_per_epoch == 14  # 12 shard samples are 3/3.5 of an epoch
+    keys = [k for b in loader for k in b.keys]
+    assert len(keys) == len(set(keys)) < 17  # one source ran out: the other's rest is not read
+    shard_keys = [k for k in keys if ".tar#" in k]
+    assert len(shard_keys) == 12 or len(keys) - len(shard_keys) == 5
+
+
+def test_an_epoch_of_restarting_sources_only_is_uncounted(tmp_path, tok):
+    source = _shards(tmp_path, exhausted="restart")
+    with pytest.raises(ConfigError, match=r"training\.max_steps.*exhausted: restart"):
+        _ = _loader(config([source], template="caption"), tok).rows_per_epoch
 
 
 def test_missing_stats_file_names_the_field_to_set(tmp_path, tok):

@@ -26,6 +26,8 @@ from mmtune.config_values import FREE_FORM, build, hints, merge
 from mmtune.errors import ConfigError
 
 Part = Literal["frozen", "full"]
+EXHAUSTED: tuple[str, ...] = ("stop", "restart")
+"""The values of ``SourceConfig.exhausted``."""
 ImagePosition = Literal["after_bos", "placeholder"]
 """Where an image's run of tokens sits in the text: right after BOS, or where the text has ``<image>``."""
 
@@ -182,7 +184,8 @@ class SourceConfig:
     name: Optional[str] = None
     """Name used in logs and counts; defaults to the file name."""
     weight: float = 1.0
-    """Relative sampling weight in the mixture."""
+    """Relative sampling weight in the mixture. Map mode: each epoch draws round(weight * size) of the
+    source's entries. Stream mode: the source supplies weight / (sum of weights) of the samples."""
     template: Optional[str] = None
     """Prompt template for this source; None uses data.template."""
     image_root: Optional[str] = None
@@ -192,8 +195,13 @@ class SourceConfig:
     num_samples: Optional[int] = None
     """Webdataset shards only: samples in one epoch of this source; None sums the "successes" of the
     {shard}_stats.json files img2dataset writes next to the shards."""
+    exhausted: str = "stop"
+    """Stream mode: what happens when this source runs out. stop: the run's epoch ends; restart: the
+    source starts its own next epoch (counted per source) and the run goes on. Map mode ignores it."""
 
     def check(self, path: str) -> None:
+        if self.exhausted not in EXHAUSTED:
+            raise ConfigError(f"{path}.exhausted", self.exhausted, "stop or restart")
         if not self.path:
             raise ConfigError(f"{path}.path", self.path, "a file, pattern or URL")
         if self.weight <= 0:
@@ -228,6 +236,9 @@ class DataConfig:
     """DataLoader worker processes per rank (0 loads in the training process)."""
     shuffle_buffer: int = 1000
     """Samples held for shuffling streamed shards."""
+    log_samples: bool = False
+    """Each rank appends one JSON line per optimizer step to samples/rank{R}.jsonl in the run directory:
+    the step, the epoch and the keys of the samples it trained on (docs/data.md)."""
 
     def check(self, path: str) -> None:
         _positive(self, path, "max_seq_len")

@@ -4,7 +4,8 @@ Public API:
 
 * :class:`Batch`: ``B`` rows of ``T`` tokens as typed tensors (``input_ids``, ``labels``, ``positions``,
   ``sample_ids``, optional ``pixel_values``) plus the counts :func:`~mmtune.data.packing.collate` adds
-  (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``, plain ints);
+  (``num_samples``, ``num_supervised``, ``num_tokens``, ``num_padding``, plain ints), the samples'
+  ``keys`` and the loader ``epoch``;
   :meth:`Batch.from_tensors` computes the counts, :meth:`Batch.to` moves the tensors to a device,
   :meth:`Batch.model_inputs` is what the model's forward takes besides ``input_ids``. The layout is the
   Batch contract of ``docs/architecture.md``.
@@ -46,6 +47,10 @@ class Batch:
     """Non-padding positions."""
     num_padding: int = 0
     """Padding positions."""
+    keys: tuple[str, ...] = ()
+    """The identities of the samples trained on (``data.log_samples``), row after row."""
+    epoch: int = 0
+    """The loader epoch the batch belongs to (counted from 0)."""
 
     @classmethod
     def from_tensors(cls, input_ids: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor,

@@ -36,7 +36,7 @@ left with no supervised token is skipped too. Skips are values (:class:`Skipped`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Protocol, Union
+from typing import Any, Callable, Literal, Optional, Protocol, Union
 
 import torch
 
@@ -80,6 +80,11 @@ class EncodedSample:
     """True when the sample was cut to fit ``max_seq_len`` (its end, EOS included, is missing)."""
     image_spans: tuple[tuple[int, int], ...] = field(default=())
     """``(start, end)`` of each image's run of positions."""
+    identity: str = ""
+    """The sample's stable identity (``<shard>#<key>``, ``<file>:<index>``; the record's key when its source
+    gives none): what ``data.log_samples`` writes."""
+    origin: Any = None
+    """Where the loader read it (stream mode: its position in its shard); opaque to packing."""
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -162,7 +167,8 @@ def _sample(record: Record, ids: list[int], mask: list[bool], spans: list[tuple[
     images = (record.image,) if record.has_image else ()
     n = spans[0][1] - spans[0][0] if spans else 0
     return EncodedSample(torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool),
-                         images, n, record.source, record.key, truncated, tuple(spans))
+                         images, n, record.source, record.key, truncated, tuple(spans),
+                         record.extra.get("identity", record.key))
 
 
 def encode_record(record: Record, tokenizer: TextTokenizer, template: Union[str, Template], *,

@@ -216,4 +216,5 @@ def decode_row_images(row: Row, transform: Callable[[Any], torch.Tensor], image_
             failed.append(owner)
     for owner in failed:
         row = blank_sample(row, owner)
-    return dataclasses.replace(row, images=tuple(decoded))
+    keys = tuple(k for i, k in enumerate(row.keys) if i not in failed)
+    return dataclasses.replace(row, images=tuple(decoded), keys=keys)

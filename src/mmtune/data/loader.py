@@ -22,6 +22,7 @@ compute. A sample whose image cannot be decoded is blanked out of its row
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Iterator, Optional
@@ -37,13 +38,15 @@ from mmtune.data.plan import Meta, Plan, encode_counted
 from mmtune.data.processor import Processor
 from mmtune.data.sources import MapSource, ShardSource
 from mmtune.data.stats import DataStats
-from mmtune.data.stream import ShardStream, stream_rows
+from mmtune.data.stream import STATE_VERSION as STREAM_STATE_VERSION
+from mmtune.data.stream import StreamCursor, stream_rows
 from mmtune.errors import ConfigError, DataError
 
 __all__ = ["Loader", "build_loader", "encode_counted", "stream_rows", "summary"]
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+"""Map mode's state version (stream mode: :data:`mmtune.data.stream.STATE_VERSION`)."""
 
 
 def _identity(item: Any) -> Any:
@@ -57,8 +60,8 @@ class Loader:
     def __init__(self, plan: Plan, *, num_workers: int, max_bad_fraction: float):
         self._plan, self._num_workers, self._max_bad = plan, num_workers, max_bad_fraction
         self.streaming = any(isinstance(s, ShardSource) for s in plan.sources)
+        self._stream = StreamCursor(plan, max(num_workers, 1)) if self.streaming else None
         self._position = (0, 0)
-        self._consumed = [0] * max(num_workers, 1)
         self._stats = DataStats()
         self._rows: Optional[int] = None
         self._sizes = {s.name: len(s) for s in plan.sources if isinstance(s, MapSource)}
@@ -78,7 +81,7 @@ class Loader:
     @property
     def epoch(self) -> int:
         """The epoch the next row belongs to."""
-        return self._position[0]
+        return self._stream.epoch if self._stream is not None else self._position[0]
 
     @property
     def rows_per_epoch(self) -> Optional[int]:
@@ -96,8 +99,8 @@ class Loader:
                 log.warning("bad record skipped: %s", report)
 
     def _iterator(self) -> Iterator[tuple[Batch, Meta]]:
-        if self.streaming:
-            dataset: IterableDataset = ShardStream(self._plan, self._position[0], tuple(self._consumed))
+        if self._stream is not None:
+            dataset: IterableDataset = self._stream.dataset()
         else:
             dataset = MapStream(self._plan, self._position)
         if self._num_workers == 0:
@@ -107,57 +110,62 @@ class Loader:
                                pin_memory=torch.cuda.is_available()))
 
     def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
         for batch, meta in self._iterator():
-            if self.streaming:
-                self._consumed[meta.worker] = meta.position[1]
+            if self._stream is not None:
+                self._stream.taken(meta)
             else:
                 self._position = meta.position
             self._log(self._stats.merge(meta.stats))
             self._stats.check(self._max_bad, self._sizes)
-            yield batch
-        if self.streaming:
-            self._position = (self._position[0] + 1, 0)
-            self._consumed = [0] * len(self._consumed)
+            yield dataclasses.replace(batch, epoch=epoch)
+        if self._stream is not None:
+            self._stream.end_epoch()
         self._stats.check(self._max_bad)
         if self._plan.rank == 0:
             log.info("data epoch done (next: %d): %s", self.epoch, summary(self.stats()))
 
     def stats(self) -> dict:
-        """Per-source counts (read, samples, bad, truncated, skipped, first bad reports), rows, padding."""
-        return {"epoch": self.epoch, **self._stats.as_dict()}
+        """Per-source counts (read, samples, bad, truncated, skipped, first bad reports), each source's
+        share of the samples (``shares``), rows, padding."""
+        counts = self._stats.as_dict()
+        total = sum(c["samples"] for c in counts["sources"].values())
+        shares = {name: c["samples"] / total for name, c in counts["sources"].items()} if total else {}
+        return {"epoch": self.epoch, **counts, "shares": shares}
 
     def state_dict(self) -> dict:
         """The position (see the module docstring) and the counts, as plain Python values."""
-        state = {"version": STATE_VERSION, "mode": "stream" if self.streaming else "map",
-                 "epoch": self._position[0], "stats": self._stats.state_dict(), "seed": self._plan.seed}
-        if self.streaming:
-            state.update(consumed=list(self._consumed), split=[self._plan.world, len(self._consumed)])
-        else:
-            state["row"] = self._position[1]
-        return state
+        state = {"mode": "stream" if self.streaming else "map", "stats": self._stats.state_dict(),
+                 "seed": self._plan.seed}
+        if self._stream is not None:
+            return state | self._stream.state_dict()
+        return state | {"version": STATE_VERSION, "epoch": self._position[0], "row": self._position[1]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from :meth:`state_dict` (map mode: saved with any world size)."""
+        self.load_state_dicts([state], 0)
+
+    def load_state_dicts(self, states: list[dict], own: int) -> None:
+        """Continues from the states every rank saved (``states[own]``: the one whose counts this rank
+        takes). Map mode takes ``states[own]``; stream mode the union of all (any ranks x workers)."""
+        state = states[own]
         mode = "stream" if self.streaming else "map"
-        if state.get("version") != STATE_VERSION or state.get("mode") != mode:
+        versions = (1, STREAM_STATE_VERSION) if self.streaming else (STATE_VERSION,)
+        if state.get("version") not in versions or state.get("mode") != mode:
             raise DataError(f"loader state (version {state.get('version')}, {state.get('mode')} mode) does not "
-                            f"fit this loader (version {STATE_VERSION}, {mode} mode): were the sources changed?")
+                            f"fit this loader (version {versions[-1]}, {mode} mode): were the sources changed?")
         self._stats.load_state_dict(state["stats"])
-        if not self.streaming:
-            self._position = (int(state["epoch"]), int(state["row"]))
-            return
-        self._position = (int(state["epoch"]), 0)
-        if state["split"] == [self._plan.world, len(self._consumed)]:
-            self._consumed = [int(c) for c in state["consumed"]]
+        if self._stream is not None:
+            self._stream.load_state_dicts(states, own)
         else:
-            log.warning("stream state was saved for %s ranks x workers, now %s: restarting epoch %d",
-                        state["split"], [self._plan.world, len(self._consumed)], self._position[0])
+            self._position = (int(state["epoch"]), int(state["row"]))
 
 
 def summary(stats: dict) -> str:
-    """One line of counts per source plus the padding fraction."""
-    parts = [f"{name}: {c['samples']} samples, {c['bad']} bad, {c['truncated']} truncated, {c['skipped']} skipped"
-             for name, c in stats["sources"].items()]
+    """One line of counts (and share of the samples) per source plus the padding fraction."""
+    shares = stats.get("shares", {})
+    parts = [f"{name}: {c['samples']} samples ({100 * shares.get(name, 0.0):.1f}%), {c['bad']} bad, "
+             f"{c['truncated']} truncated, {c['skipped']} skipped" for name, c in stats["sources"].items()]
     return "; ".join(parts) + f"; padding {100 * stats['padding_fraction']:.1f}% of {stats['rows']} rows"
 
 

@@ -11,15 +11,16 @@ Public API:
   epoch over sources of known size. ``weight`` multiplies a source's share: each epoch draws
   ``round(weight * size)`` of its entries (all of them once for 1.0, a fresh random half for 0.5, every
   entry twice for 2.0), and all draws are shuffled together with an RNG seeded by ``(seed, epoch)``.
-* :func:`interleave` ``(streams, weights, rng)``: for streamed sources: the next item comes from a
-  source drawn with probability proportional to its weight among the sources not yet exhausted.
+* :func:`interleave` ``(streams, weights, rng, stops=None)``: for streamed sources: the next item comes
+  from a source drawn with probability proportional to its weight among the sources not yet exhausted;
+  the interleaving ends when a stream marked in ``stops`` runs out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 import yaml
@@ -108,9 +109,10 @@ def epoch_order(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch
     return source_ids[perm], entry_ids[perm]
 
 
-def interleave(streams: Sequence[Iterator[T]], weights: Sequence[float], rng: np.random.Generator
-               ) -> Iterator[T]:
-    """Items of ``streams``, each next one from a live stream drawn by weight (see the module docstring)."""
+def interleave(streams: Sequence[Iterator[T]], weights: Sequence[float], rng: np.random.Generator,
+               stops: Optional[Sequence[bool]] = None) -> Iterator[T]:
+    """Items of ``streams``, each next one from a live stream drawn by weight (see the module docstring);
+    when a stream marked in ``stops`` runs out, the interleaving ends."""
     live = list(range(len(streams)))
     while live:
         w = np.array([weights[i] for i in live], dtype=np.float64)
@@ -118,4 +120,6 @@ def interleave(streams: Sequence[Iterator[T]], weights: Sequence[float], rng: np
         try:
             yield next(streams[pick])
         except StopIteration:
+            if stops is not None and stops[pick]:
+                return
             live.remove(pick)

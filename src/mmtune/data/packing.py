@@ -3,14 +3,16 @@
 Public API:
 
 * :class:`Row`: one row of a batch (``input_ids``, ``labels``, ``positions``, ``sample_ids``,
-  ``images``, ``num_samples``, ``pad_id``; ``num_padding``, ``num_supervised``, ``num_tokens``).
+  ``images``, ``num_samples``, ``pad_id``, the samples' ``keys`` and ``origins``; ``num_padding``,
+  ``num_supervised``, ``num_tokens``).
 * :func:`build_row` ``(samples, pad_id, length=None) -> Row``: lays samples side by side, shifts labels,
   restarts positions per sample, pads to ``length``.
 * :class:`Packer` ``(max_seq_len, pad_id, mode="packed", *, open_rows=4, group_size=64,
   pad_to_max=True)``: a streaming packer: ``push(sample) -> finished rows``, ``flush() -> the rest``,
   ``stats`` (:class:`PackingStats`, with ``padding_fraction``), ``state_dict``/``load_state_dict``.
-* :func:`collate` ``(rows, image_transform=None) -> Batch``: the Batch of docs/architecture.md. A row's
-  images are references (decoded with ``image_transform``) or tensors already decoded (taken as they are).
+* :func:`collate` ``(rows, image_transform=None) -> Batch``: the Batch of docs/architecture.md, with the
+  rows' sample ``keys``. A row's images are references (decoded with ``image_transform``) or tensors
+  already decoded (taken as they are).
 
 Modes. ``packed``: several samples per row of exactly ``max_seq_len`` tokens, placed best-fit into up to
 ``open_rows`` open rows (when none fits and all are open, the fullest is finished). ``grouped``: one
@@ -26,6 +28,7 @@ restart at 0 per sample (0 on padding); ``sample_ids`` are 0, 1, ... per sample 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence
 
@@ -51,6 +54,10 @@ class Row:
     images: tuple[ImageRef, ...]
     num_samples: int
     pad_id: int
+    keys: tuple[str, ...] = ()
+    """The identities of the row's samples (:attr:`~mmtune.data.encode.EncodedSample.identity`), in order."""
+    origins: tuple = ()
+    """Where the loader read each sample (:attr:`~mmtune.data.encode.EncodedSample.origin`), in order."""
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -81,7 +88,7 @@ class Row:
             return torch.cat([t, torch.full((extra,), value, dtype=t.dtype)])
 
         return Row(pad(self.input_ids, self.pad_id), pad(self.labels, IGNORE_INDEX), pad(self.positions, 0),
-                   pad(self.sample_ids, -1), self.images, self.num_samples, self.pad_id)
+                   pad(self.sample_ids, -1), self.images, self.num_samples, self.pad_id, self.keys, self.origins)
 
 
 def build_row(samples: Sequence[EncodedSample], pad_id: int, length: Optional[int] = None) -> Row:
@@ -98,7 +105,8 @@ def build_row(samples: Sequence[EncodedSample], pad_id: int, length: Optional[in
     positions = torch.arange(ids.numel(), dtype=torch.long) - starts
     sample_ids = torch.repeat_interleave(torch.arange(len(samples), dtype=torch.long), lengths)
     images = tuple(ref for s in samples for ref in s.images)
-    row = Row(ids, labels, positions, sample_ids, images, len(samples), pad_id)
+    row = Row(ids, labels, positions, sample_ids, images, len(samples), pad_id,
+              tuple(s.identity for s in samples), tuple(s.origin for s in samples))
     return row.padded(length) if length is not None else row
 
 
@@ -225,4 +233,5 @@ def collate(rows: Sequence[Row], image_transform: Optional[Callable[[ImageRef], 
             raise DataError(f"the batch holds {pending} undecoded images but no image transform was given")
         pixel_values = torch.stack([ref if isinstance(ref, torch.Tensor) else image_transform(ref)
                                     for ref in refs])
-    return Batch.from_tensors(*tensors, pixel_values=pixel_values, num_samples=sum(r.num_samples for r in rows))
+    batch = Batch.from_tensors(*tensors, pixel_values=pixel_values, num_samples=sum(r.num_samples for r in rows))
+    return dataclasses.replace(batch, keys=tuple(k for r in rows for k in r.keys))

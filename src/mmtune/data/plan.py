@@ -107,6 +107,8 @@ class Meta:
     """Map mode: (epoch, row) of the next group; stream mode: (epoch, micro-batches of this worker)."""
     ends_epoch: bool
     stats: DataStats
+    origins: tuple = ()
+    """Stream mode: where the batch's samples (and the bad or skipped ones read before them) were read."""
 
 
 def worker_slot() -> tuple[int, int]:

@@ -38,7 +38,8 @@ from mmtune.training.metrics import (
     seconds_since_launch,
 )
 from mmtune.training.optim import build_optimizer, build_scheduler, clip_grad_norm
-from mmtune.training.state import RankState, TrainerState, restore_legacy
+from mmtune.training.samples import SamplesLog
+from mmtune.training.state import GatheredState, RankState, TrainerState, loader_restore, restore_legacy
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
         metrics = MetricsLogger(self.out, self.env.is_main, self.total_steps, self.step)
         batches = self._batches()
+        samples = SamplesLog(self.out, self.env.rank, self.cfg.data.log_samples)
         log.info("training steps %d..%d: %d micro-batches of %d rows per rank and step, %d ranks",
                  self.step + 1, self.total_steps, self.accum, self.cfg.training.micro_batch_size,
                  self.env.world_size)
@@ -203,6 +205,7 @@ class Trainer:
                 waited = time.perf_counter() - started
                 result = self.train_step(micro)
                 self.step += 1
+                samples.write(self.step, micro)
                 if self.step == first:
                     self._log_startup()
                 self._after_step(result, metrics, started, waited)
@@ -264,17 +267,19 @@ class Trainer:
             raise MMTuneError("this trainer has no loader (RunParts.loader is None)")
         return self.parts.loader
 
-    def states(self, read_rank: Optional[int] = None) -> dict[str, Any]:
+    def states(self, read_rank: Optional[int] = None, saved_world: Optional[int] = None) -> dict[str, Any]:
         """The Stateful objects saved in a checkpoint besides model and optimizer (see
-        :mod:`mmtune.training.state`): ``trainer`` and, per rank, ``loader`` and ``rng``; loading reads
-        the loader and RNG entries of rank ``read_rank`` (default: this rank)."""
+        :mod:`mmtune.training.state`): ``trainer`` and, per rank, ``loader`` and ``rng``; loading
+        (``saved_world``: the saved run's world size) reads the RNG entry of rank ``read_rank`` (default:
+        this rank) and the loader entries of every saved rank."""
         rank = self.env.rank
         read = rank if read_rank is None else read_rank
         states: dict[str, Any] = {"trainer": TrainerState(self, self.scheduler),
                                   "rng": RankState("rng", ckpt.rng_state, ckpt.set_rng_state, rank, read)}
         if self.parts.loader is not None:
             loader = self.parts.loader
-            states["loader"] = RankState("loader", loader.state_dict, loader.load_state_dict, rank, read)
+            states["loader"] = GatheredState("loader", loader.state_dict, loader_restore(loader), rank, read,
+                                             saved_world)
         return states
 
     def save(self) -> Path:
@@ -295,7 +300,7 @@ class Trainer:
         its own loader and RNG states on the same world size, rank 0's on another."""
         saved_world = ckpt.read_info(path)["world_size"]
         read_rank = self.env.rank if saved_world == self.env.world_size else 0
-        states = self.states(read_rank)
+        states = self.states(read_rank, saved_world)
         legacy = ckpt.load_checkpoint(path, self.model, self.optimizer, states)
         if legacy is not None:
             restore_legacy(states, legacy, read_rank)

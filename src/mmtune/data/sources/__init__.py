@@ -50,6 +50,8 @@ class MapSource:
     opts: EntryOptions
     tables: list[Table]
     offsets: list[int] = field(default_factory=list)
+    exhausted: str = "stop"
+    """``SourceConfig.exhausted`` (stream mode only)."""
 
     def __post_init__(self) -> None:
         self.offsets = [0]
@@ -70,14 +72,17 @@ class MapSource:
         return self.tables[t], index - self.offsets[t]
 
     def record(self, index: int, epoch: int = 0, seed: int = 0) -> Union[Record, BadRecord]:
-        """Entry ``index`` as a record, or a bad record with its location."""
+        """Entry ``index`` as a record (``extra["identity"]``: ``file:index in the file``), or a bad record
+        with its location."""
         table, local = self.locate(index)
         location = table.location(local)
         rng = random.Random(f"{seed}:{epoch}:{self.name}:{index}")
         try:
-            return ENTRY_READERS[self.kind](table.entry(local), self.opts, location, rng)
+            record = ENTRY_READERS[self.kind](table.entry(local), self.opts, location, rng)
         except DataError as exc:
             return BadRecord(self.name, location, str(exc).removeprefix(f"{location}: "))
+        record.extra["identity"] = f"{table.path}:{local}"
+        return record
 
     def records(self) -> Iterator[Union[Record, BadRecord]]:
         """Every entry as a record (or bad record), in file order."""
@@ -102,6 +107,8 @@ class ShardSource:
     """The declared ``SourceConfig.num_samples``."""
     where: str = "data.sources[0]"
     """The config entry this source comes from (for errors)."""
+    exhausted: str = "stop"
+    """``SourceConfig.exhausted``."""
 
     def samples_per_epoch(self) -> int:
         """Samples in one pass over the shards: ``num_samples`` when declared, else the sum of the
@@ -162,7 +169,7 @@ def open_source(cfg: SourceConfig, *, default_root: Optional[str] = None, where:
     urls = expand(cfg.path)
     kind = cfg.kind
     if kind == "webdataset" or (kind == "auto" and all(_is_tar(u) for u in urls)):
-        return ShardSource(name, cfg.weight, opts, urls, cfg.num_samples, where)
+        return ShardSource(name, cfg.weight, opts, urls, cfg.num_samples, where, cfg.exhausted)
     tables = [read_table(u, name) for u in urls]
     if kind == "auto":
         kind = detect_kind(urls, tables)
@@ -171,4 +178,4 @@ def open_source(cfg: SourceConfig, *, default_root: Optional[str] = None, where:
     if cfg.num_samples is not None:
         raise ConfigError(f"{where}.num_samples", cfg.num_samples,
                           f"null for a {kind} source (its {sum(len(t) for t in tables)} entries are counted)")
-    return MapSource(name, kind, cfg.weight, opts, tables)
+    return MapSource(name, kind, cfg.weight, opts, tables, exhausted=cfg.exhausted)

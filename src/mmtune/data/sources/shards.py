@@ -9,7 +9,8 @@ Public API:
 * :func:`read_shard` ``(url, opts) -> Iterator[Record | BadRecord]``: the samples of one shard in order.
   A sample without an image or caption, or with an undecodable ``.json``/``.txt``, is a bad record
   located at ``shard:key``; a truncated or corrupt tar ends the shard with one bad record located at the
-  last key read. Image bytes are kept encoded (decoded later, in the loader's workers).
+  last key read. Image bytes are kept encoded (decoded later, in the loader's workers). A record's
+  ``extra["identity"]`` is ``shard#key``.
 * :func:`stats_url` ``(url) -> str | None``: the ``{shard}_stats.json`` img2dataset writes next to shard
   ``{shard}.tar`` (None for a ``pipe:`` command); :func:`shard_successes` ``(url) -> int | None``: its
   ``successes`` field, the number of samples written into the shard (None when there is no such file).
@@ -57,7 +58,9 @@ def _sample(url: str, key: str, parts: dict[str, bytes], opts: EntryOptions) -> 
         caption_key = opts.caption_key or ("txt" if "txt" in entry else None)
         view = EntryOptions(opts.source, None, "__image__", caption_key or _caption_key(entry), opts.prefix,
                             opts.prefix_key, opts.template)
-        return caption_entry(entry, view, location, random.Random(0))
+        record = caption_entry(entry, view, location, random.Random(0))
+        record.extra["identity"] = f"{url}#{key}"
+        return record
     except (DataError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return BadRecord(opts.source, location, str(exc).removeprefix(f"{location}: "))
 

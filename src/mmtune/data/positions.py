@@ -1,0 +1,162 @@
+"""Stream-mode positions: which samples of each (source, source epoch) have been trained on.
+
+A streamed source's epoch is a list of *units*: its shards (webdataset) or blocks of
+:data:`UNIT_ENTRIES` entries of a seeded permutation (a random-access source read in stream mode). Units
+are taken in the order of a permutation seeded by ``(seed, source epoch, source)`` and dealt round-robin
+to the readers (``rank x worker``). A sample's :data:`Origin` is ``(source, source epoch, unit, offset in
+the unit, length)``, ``length`` being the unit's number of samples on its last sample and 0 before.
+
+Public API:
+
+* :class:`Positions` ``(units, seed)``: ``commit(origins)`` (samples taken into trained batches),
+  ``assigned(s, e, reader, readers)`` (the units a reader still has to read, None when it gets none),
+  ``taken(s, e, unit)`` (offsets to skip), ``first_epoch(s)``, ``state(names)`` and
+  :meth:`Positions.merged` (the union of several readers' states, the base of a new deal).
+* :func:`to_ranges` / :func:`from_ranges`: sets of ints as ``[[start, end), ...]``.
+
+A unit is *done* once every one of its samples was committed; a partly read unit keeps the set of
+offsets taken (the shuffle buffer takes samples out of order). After a resume the units of a source
+epoch the saved state knows are dealt again over the new readers: partly read units first (each
+continues at its offsets), then the units nobody started, in permutation order. Units of epochs the
+state does not know are dealt as in a fresh run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from mmtune.errors import DataError
+
+UNIT_ENTRIES = 16
+"""Entries per unit of a random-access source read in stream mode."""
+
+Origin = tuple[int, int, int, int, int]
+"""(source, source epoch, unit, offset in the unit, the unit's length on its last sample else 0)."""
+
+
+def to_ranges(values: Iterable[int]) -> list[list[int]]:
+    """Sorted ``[start, end)`` runs of ``values``."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and runs[-1][1] == v:
+            runs[-1][1] = v + 1
+        else:
+            runs.append([v, v + 1])
+    return runs
+
+
+def from_ranges(runs: Iterable[Sequence[int]]) -> set[int]:
+    """The ints of ``[start, end)`` runs."""
+    return {v for start, end in runs for v in range(int(start), int(end))}
+
+
+@dataclass
+class _Progress:
+    """One (source, source epoch): units done, offsets taken of the units begun, lengths when known."""
+
+    done: set[int] = field(default_factory=set)
+    taken: dict[int, set[int]] = field(default_factory=dict)
+    lengths: dict[int, int] = field(default_factory=dict)
+
+    def add(self, unit: int, offset: int, length: int) -> None:
+        if unit in self.done:
+            return
+        taken = self.taken.setdefault(unit, set())
+        taken.add(offset)
+        if length:
+            self.lengths[unit] = length
+        if unit in self.lengths and len(taken) >= self.lengths[unit]:
+            self.done.add(unit)
+            del self.taken[unit], self.lengths[unit]
+
+    def update(self, other: "_Progress") -> None:
+        for unit, offsets in other.taken.items():
+            for offset in offsets:
+                self.add(unit, offset, 0)
+            if unit in other.lengths:
+                self.add(unit, min(offsets), other.lengths[unit])
+        self.done |= other.done
+        for unit in self.done:
+            self.taken.pop(unit, None)
+            self.lengths.pop(unit, None)
+
+    def state(self) -> list:
+        return [to_ranges(self.done), [[u, self.lengths.get(u, 0), to_ranges(t)] for u, t in self.taken.items()]]
+
+    @classmethod
+    def from_state(cls, state: list) -> "_Progress":
+        done, begun = state
+        out = cls(from_ranges(done))
+        for unit, length, runs in begun:
+            out.taken[int(unit)] = from_ranges(runs)
+            if length:
+                out.lengths[int(unit)] = int(length)
+        return out
+
+
+def unit_order(seed: int, source: int, epoch: int, units: int) -> list[int]:
+    """The seeded order of a source epoch's units (the same permutation stream mode always used)."""
+    return np.random.default_rng([seed, epoch, source]).permutation(units).tolist()
+
+
+class Positions:
+    """What has been trained on, per (source, source epoch) (see the module docstring)."""
+
+    def __init__(self, units: Sequence[int], seed: int, base: Optional[dict[tuple[int, int], _Progress]] = None):
+        self.units, self.seed = list(units), seed
+        self.base = base or {}
+        self.now = copy.deepcopy(self.base)
+
+    def commit(self, origins: Iterable[Origin]) -> None:
+        """Marks these samples as trained on."""
+        for s, e, unit, offset, length in origins:
+            self.now.setdefault((s, e), _Progress()).add(unit, offset, length)
+
+    def assigned(self, s: int, e: int, reader: int, readers: int) -> Optional[list[int]]:
+        """The units of source ``s``'s epoch ``e`` that reader ``reader`` still has to read, in order;
+        None when the deal gives it none of a fresh epoch (so it never gets any of this source)."""
+        order = unit_order(self.seed, s, e, self.units[s])
+        base = self.base.get((s, e))
+        if base is None:
+            mine = order[reader::readers]
+            if not mine:
+                return None
+        else:
+            begun = sorted(base.taken)
+            mine = (begun + [u for u in order if u not in base.done and u not in base.taken])[reader::readers]
+        done = self.now[(s, e)].done if (s, e) in self.now else set()
+        return [u for u in mine if u not in done]
+
+    def taken(self, s: int, e: int, unit: int) -> set[int]:
+        """Offsets of ``unit`` already trained on."""
+        progress = self.now.get((s, e))
+        return progress.taken.get(unit, set()) if progress is not None else set()
+
+    def first_epoch(self, s: int) -> int:
+        """The first epoch of source ``s`` with units left in the saved base (0 for a fresh run)."""
+        epochs = sorted(e for (source, e) in self.base if source == s)
+        left = [e for e in epochs if len(self.base[(s, e)].done) < self.units[s]]
+        return left[0] if left else (epochs[-1] + 1 if epochs else 0)
+
+    def state(self, names: Sequence[str]) -> list:
+        """Plain values: ``[source name, source epoch, done runs, [[unit, length, taken runs], ...]]`` each."""
+        return [[names[s], e, *p.state()] for (s, e), p in sorted(self.now.items())]
+
+    @classmethod
+    def merged(cls, states: Iterable[list], names: Sequence[str], units: Sequence[int], seed: int,
+               keep: Callable[[int, int], bool]) -> "Positions":
+        """The union of readers' :meth:`state` s as the base of a new deal, with the (source, epoch) pairs
+        ``keep`` holds; DataError when a state names a source this loader does not have."""
+        base: dict[tuple[int, int], _Progress] = {}
+        for state in states:
+            for name, epoch, *progress in state:
+                if name not in names:
+                    raise DataError(f"the saved loader state names source {name!r}, which this run does not "
+                                    f"have ({', '.join(names)}): were the sources changed?")
+                key = (names.index(name), int(epoch))
+                base.setdefault(key, _Progress()).update(_Progress.from_state(progress))
+        return cls(units, seed, {key: p for key, p in base.items() if keep(*key)})

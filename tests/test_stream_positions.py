@@ -1,0 +1,161 @@
+"""Stream mode: positions instead of replay, elastic resume, weights that hold, old states, sample keys.
+
+(The same over real ``torchrun`` processes killed with SIGKILL: tests/test_stream_elastic.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import mmtune.data.sources as sources_module
+from data_factory import alpaca_items, config, write_json, write_shards
+from mmtune.config import SourceConfig, load_config
+from mmtune.data.images import ImageTransform
+from mmtune.data.loader import build_loader
+from mmtune.data.positions import Positions, from_ranges, to_ranges
+from mmtune.data.processor import Processor
+from mmtune.errors import ConfigError, DataError
+from mmtune.models.tokenizer import Tokenizer
+from mmtune.models.vision import ImageSettings
+
+SETTINGS = ImageSettings(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "center_crop", 10_000_000)
+
+
+@pytest.fixture(scope="module")
+def tok(llama_tokenizer_dir):
+    return Tokenizer.from_path(llama_tokenizer_dir)
+
+
+def _loader(cfg, tok, rank=0, world=1):
+    processor = Processor(tok, 4, "placeholder", ImageTransform.from_settings(SETTINGS))
+    return build_loader(cfg, processor, rank=rank, world_size=world, seed=0)
+
+
+def _shards(tmp_path, shards, per_shard, **source):
+    write_shards(tmp_path / "shards", shards, per_shard)
+    return SourceConfig(path=f"{tmp_path}/shards/{{00000..{shards - 1:05d}}}.tar", num_samples=shards * per_shard,
+                        **source)
+
+
+def _keys(batches):
+    return [k for b in batches for k in b.keys]
+
+
+def test_ranges_round_trip_and_positions_merge_begun_units_first():
+    assert to_ranges([5, 1, 2, 3, 9]) == [[1, 4], [5, 6], [9, 10]]
+    assert from_ranges(to_ranges({0, 7, 8})) == {0, 7, 8}
+    a, b = Positions([6], seed=0), Positions([6], seed=0)
+    a.commit([(0, 0, 2, 0, 0), (0, 0, 2, 1, 2)])  # unit 2: both samples -> done
+    b.commit([(0, 0, 4, 3, 0)])  # unit 4 begun at offset 3 (a shuffle buffer took it first)
+    merged = Positions.merged([a.state(["s"]), b.state(["s"])], ["s"], [6], 0, keep=lambda s, e: True)
+    assert merged.now[(0, 0)].done == {2} and merged.taken(0, 0, 4) == {3}
+    dealt = [merged.assigned(0, 0, r, 2) for r in range(2)]
+    assert dealt[0][0] == 4 and sorted(dealt[0] + dealt[1]) == [0, 1, 3, 4, 5]
+    with pytest.raises(DataError, match="source 's'.*were the sources changed"):
+        Positions.merged([a.state(["s"])], ["t"], [6], 0, keep=lambda s, e: True)
+
+
+@pytest.mark.parametrize("saved, resumed", [((2, 2), (1, 3)), ((1, 1), (3, 1)), ((2, 1), (2, 2))])
+def test_elastic_resume_trains_every_sample_of_the_epoch_exactly_once(tmp_path, tok, saved, resumed):
+    """Saved with R ranks x W workers after a few batches each, resumed on R' x W' (workers in processes)."""
+    cfg = config([_shards(tmp_path, 10, 7)], micro=2, template="caption", shuffle_buffer=5, workers=saved[1])
+    trained, states = [], []
+    for rank in range(saved[0]):
+        loader = _loader(cfg, tok, rank, saved[0])
+        it = iter(loader)
+        trained += _keys(next(it) for _ in range(3 + rank))
+        states.append(loader.state_dict())
+        del it
+    cfg.data.num_workers = resumed[1]
+    for rank in range(resumed[0]):
+        loader = _loader(cfg, tok, rank, resumed[0])
+        loader.load_state_dicts(states, 0)
+        trained += _keys(loader)
+        assert loader.epoch == 1
+    assert sorted(trained) == sorted(f"{tmp_path}/shards/{s:05d}.tar#{n:09d}" for s in range(10)
+                                     for n in range(s * 7, s * 7 + 7))
+
+
+@pytest.fixture
+def counted_reads(monkeypatch):
+    """Counts the samples read out of shards (in this process: workers=0)."""
+    count = [0]
+    real = sources_module.read_shard
+
+    def reading(url, opts):
+        for item in real(url, opts):
+            count[0] += 1
+            yield item
+
+    monkeypatch.setattr(sources_module, "read_shard", reading)
+    return count
+
+
+def test_resume_reads_the_same_bounded_number_of_samples_at_10_and_90_percent(tmp_path, tok, counted_reads):
+    shards, per_shard, buffer = 40, 10, 8
+    cfg = config([_shards(tmp_path, shards, per_shard)], micro=2, template="caption", shuffle_buffer=buffer)
+    reads = {}
+    for share in (0.1, 0.9):
+        first = _loader(cfg, tok)
+        it = iter(first)
+        for _ in range(int(share * shards * per_shard) // 2):
+            next(it)
+        resumed = _loader(cfg, tok)
+        resumed.load_state_dict(first.state_dict())
+        counted_reads[0] = 0
+        next(iter(resumed))
+        reads[share] = counted_reads[0]
+    # the buffer and a row, plus the rest of the shards begun (no more than the buffer's worth of them)
+    bound = buffer + 2 + (buffer + 1) * per_shard
+    assert reads[0.1] <= bound and reads[0.9] <= bound, reads
+    assert 0.9 * shards * per_shard > 3 * bound  # replaying would have read far more
+
+
+def test_stream_shares_hold_the_weights_and_a_restarting_source_counts_its_epochs(tmp_path, tok):
+    text = write_json(tmp_path / "alpaca.json", [{"instruction": "q", "output": f"a{i}"} for i in range(3750)])
+    small = _shards(tmp_path, 2, 25, weight=1.0, exhausted="restart", name="small")
+    cfg = config([SourceConfig(path=str(text), weight=3.0, template="plain", name="text"), small],
+                 micro=50, template="caption", max_seq_len=32, shuffle_buffer=1)
+    loader = _loader(cfg, tok)
+    keys = _keys(loader)
+    assert 4900 < len(keys) < 5100 and len([k for k in keys if ":" in k and "#" not in k]) == 3750
+    shares = loader.stats()["shares"]
+    assert shares["text"] == pytest.approx(0.75, abs=0.02) and shares["small"] == pytest.approx(0.25, abs=0.02)
+    small_keys = [k for k in keys if "#" in k]
+    for start in range(0, len(small_keys) - 50, 50):  # each of its epochs reads its 50 samples once
+        assert len(set(small_keys[start:start + 50])) == 50
+
+
+def test_version_1_state_still_resumes_by_replay(tmp_path, tok, caplog):
+    cfg = config([_shards(tmp_path, 4, 5)], micro=2, template="caption", shuffle_buffer=6)
+    reference = _keys(_loader(cfg, tok))
+    old = {"version": 1, "mode": "stream", "epoch": 0, "stats": _loader(cfg, tok).state_dict()["stats"],
+           "seed": 0, "consumed": [3], "split": [1, 1]}
+    resumed = _loader(cfg, tok)
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(old)
+    assert "loader state version 1" in caplog.text and "replaying [3]" in caplog.text
+    assert _keys(resumed) == reference[6:] and resumed.epoch == 1
+    other = _loader(cfg, tok)
+    other.load_state_dict(dict(old, split=[2, 1]))
+    assert sorted(_keys(other)) == sorted(reference)  # another split: the epoch restarts, as before
+
+
+def test_sample_keys_name_the_shard_and_key_or_the_file_and_index(tmp_path, tok):
+    shards = _shards(tmp_path, 1, 2)
+    text = write_json(tmp_path / "alpaca.json", alpaca_items(2))
+    stream = _keys(_loader(config([shards], template="caption"), tok))
+    assert sorted(stream) == [f"{tmp_path}/shards/00000.tar#00000000{n}" for n in range(2)]
+    mapped = _keys(_loader(config([SourceConfig(path=str(text), template="alpaca")]), tok))
+    assert sorted(mapped) == [f"{text}:0", f"{text}:1"]
+
+
+def test_exhausted_is_checked_with_one_line_naming_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  sources:\n    - {path: x.tar, exhausted: loop}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "data.sources[0].exhausted" in str(err.value) and "stop or restart" in str(err.value)
+    assert "\n" not in str(err.value)
