@@ -121,3 +121,15 @@ def config(sources: list[SourceConfig], *, micro: int = 2, batching: str = "padd
         setattr(cfg.data, key, value)
     cfg.training.micro_batch_size = micro
     return cfg
+
+
+def caption_loader(cfg: Config, tok, rank: int = 0, world: int = 1):
+    """``build_loader`` for ``cfg`` with 4 image tokens in place of ``<image>`` and 16-pixel images."""
+    from mmtune.data.images import ImageTransform
+    from mmtune.data.loader import build_loader
+    from mmtune.data.processor import Processor
+    from mmtune.models.vision import ImageSettings
+
+    settings = ImageSettings(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "center_crop", 10_000_000)
+    processor = Processor(tok, 4, "placeholder", ImageTransform.from_settings(settings))
+    return build_loader(cfg, processor, rank=rank, world_size=world, seed=0)

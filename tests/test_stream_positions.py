@@ -10,27 +10,16 @@ import logging
 import pytest
 
 import mmtune.data.sources as sources_module
-from data_factory import alpaca_items, config, write_json, write_shards
+from data_factory import alpaca_items, caption_loader, config, write_json, write_shards
 from mmtune.config import SourceConfig, load_config
-from mmtune.data.images import ImageTransform
-from mmtune.data.loader import build_loader
 from mmtune.data.positions import Positions, from_ranges, to_ranges
-from mmtune.data.processor import Processor
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.tokenizer import Tokenizer
-from mmtune.models.vision import ImageSettings
-
-SETTINGS = ImageSettings(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "center_crop", 10_000_000)
 
 
 @pytest.fixture(scope="module")
 def tok(llama_tokenizer_dir):
     return Tokenizer.from_path(llama_tokenizer_dir)
-
-
-def _loader(cfg, tok, rank=0, world=1):
-    processor = Processor(tok, 4, "placeholder", ImageTransform.from_settings(SETTINGS))
-    return build_loader(cfg, processor, rank=rank, world_size=world, seed=0)
 
 
 def _shards(tmp_path, shards, per_shard, **source):
@@ -63,14 +52,14 @@ def test_elastic_resume_trains_every_sample_of_the_epoch_exactly_once(tmp_path, 
     cfg = config([_shards(tmp_path, 10, 7)], micro=2, template="caption", shuffle_buffer=5, workers=saved[1])
     trained, states = [], []
     for rank in range(saved[0]):
-        loader = _loader(cfg, tok, rank, saved[0])
+        loader = caption_loader(cfg, tok, rank, saved[0])
         it = iter(loader)
         trained += _keys(next(it) for _ in range(3 + rank))
         states.append(loader.state_dict())
         del it
     cfg.data.num_workers = resumed[1]
     for rank in range(resumed[0]):
-        loader = _loader(cfg, tok, rank, resumed[0])
+        loader = caption_loader(cfg, tok, rank, resumed[0])
         loader.load_state_dicts(states, 0)
         trained += _keys(loader)
         assert loader.epoch == 1
@@ -98,11 +87,11 @@ def test_resume_reads_the_same_bounded_number_of_samples_at_10_and_90_percent(tm
     cfg = config([_shards(tmp_path, shards, per_shard)], micro=2, template="caption", shuffle_buffer=buffer)
     reads = {}
     for share in (0.1, 0.9):
-        first = _loader(cfg, tok)
+        first = caption_loader(cfg, tok)
         it = iter(first)
         for _ in range(int(share * shards * per_shard) // 2):
             next(it)
-        resumed = _loader(cfg, tok)
+        resumed = caption_loader(cfg, tok)
         resumed.load_state_dict(first.state_dict())
         counted_reads[0] = 0
         next(iter(resumed))
@@ -118,7 +107,7 @@ def test_stream_shares_hold_the_weights_and_a_restarting_source_counts_its_epoch
     small = _shards(tmp_path, 2, 25, weight=1.0, exhausted="restart", name="small")
     cfg = config([SourceConfig(path=str(text), weight=3.0, template="plain", name="text"), small],
                  micro=50, template="caption", max_seq_len=32, shuffle_buffer=1)
-    loader = _loader(cfg, tok)
+    loader = caption_loader(cfg, tok)
     keys = _keys(loader)
     assert 4900 < len(keys) < 5100 and len([k for k in keys if ":" in k and "#" not in k]) == 3750
     shares = loader.stats()["shares"]
@@ -130,15 +119,15 @@ def test_stream_shares_hold_the_weights_and_a_restarting_source_counts_its_epoch
 
 def test_version_1_state_still_resumes_by_replay(tmp_path, tok, caplog):
     cfg = config([_shards(tmp_path, 4, 5)], micro=2, template="caption", shuffle_buffer=6)
-    reference = _keys(_loader(cfg, tok))
-    old = {"version": 1, "mode": "stream", "epoch": 0, "stats": _loader(cfg, tok).state_dict()["stats"],
+    reference = _keys(caption_loader(cfg, tok))
+    old = {"version": 1, "mode": "stream", "epoch": 0, "stats": caption_loader(cfg, tok).state_dict()["stats"],
            "seed": 0, "consumed": [3], "split": [1, 1]}
-    resumed = _loader(cfg, tok)
+    resumed = caption_loader(cfg, tok)
     with caplog.at_level(logging.WARNING):
         resumed.load_state_dict(old)
     assert "loader state version 1" in caplog.text and "replaying [3]" in caplog.text
     assert _keys(resumed) == reference[6:] and resumed.epoch == 1
-    other = _loader(cfg, tok)
+    other = caption_loader(cfg, tok)
     other.load_state_dict(dict(old, split=[2, 1]))
     assert sorted(_keys(other)) == sorted(reference)  # another split: the epoch restarts, as before
 
@@ -146,9 +135,9 @@ def test_version_1_state_still_resumes_by_replay(tmp_path, tok, caplog):
 def test_sample_keys_name_the_shard_and_key_or_the_file_and_index(tmp_path, tok):
     shards = _shards(tmp_path, 1, 2)
     text = write_json(tmp_path / "alpaca.json", alpaca_items(2))
-    stream = _keys(_loader(config([shards], template="caption"), tok))
+    stream = _keys(caption_loader(config([shards], template="caption"), tok))
     assert sorted(stream) == [f"{tmp_path}/shards/00000.tar#00000000{n}" for n in range(2)]
-    mapped = _keys(_loader(config([SourceConfig(path=str(text), template="alpaca")]), tok))
+    mapped = _keys(caption_loader(config([SourceConfig(path=str(text), template="alpaca")]), tok))
     assert sorted(mapped) == [f"{text}:0", f"{text}:1"]
 
 
