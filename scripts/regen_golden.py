@@ -45,7 +45,8 @@ def overrides(stage: int, world: Path, output_dir: Path, init_from: str | None =
 
 def losses(run_dir: Path) -> list[float]:
     """The per-step losses in ``run_dir/metrics.jsonl``."""
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
 
 
 def golden_losses(work: Path) -> dict[str, list[float]]:

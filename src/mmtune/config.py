@@ -250,6 +250,48 @@ class DataConfig:
             source.check(f"{path}.sources[{i}]")
 
 
+EvalTask = Literal["vqav2", "textvqa", "gqa", "pope", "mmbench", "scienceqa", "coco-caption", "caption", "vqa"]
+"""What ``training.eval`` (and ``mmtune eval --task``) can evaluate: a standard benchmark from its official
+files, or the synthetic world's captions / questions (docs/evaluation.md)."""
+
+
+@dataclass
+class EvalTaskConfig:
+    """One evaluation run during training: a benchmark, its files and when to run it."""
+
+    task: EvalTask = "vqa"
+    """The benchmark (vqav2, textvqa, gqa, pope, mmbench, scienceqa, coco-caption) or synthetic task (caption, vqa)."""
+    data: list[str] = field(default_factory=list)
+    """The question file(s), as mmtune eval --data (POPE: one per split)."""
+    annotations: Optional[str] = None
+    """VQAv2's annotations JSON; ScienceQA's pid_splits.json."""
+    image_root: Optional[str] = None
+    """The image folder (default: the question file's folder)."""
+    split: Optional[str] = None
+    """ScienceQA and Karpathy COCO: the split to read (default test)."""
+    prompt: Optional[str] = None
+    """The instruction after each question (default: LLaVA-1.5's for the benchmark)."""
+    limit: Optional[int] = 500
+    """Evaluate the first N questions only (null: all of them)."""
+    every: int = 0
+    """Evaluate every N optimizer steps (0: only at the end); always at the end too."""
+    batch_size: int = 16
+    """Prompts decoded together on each rank."""
+    max_new_tokens: Optional[int] = None
+    """Longest answer (default: 16 for short answers and letters, 64 for captions)."""
+
+    def check(self, path: str) -> None:
+        if not self.data:
+            raise ConfigError(f"{path}.data", self.data, "at least one question file")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"{path}.limit", self.limit, "a positive integer or null")
+        if self.every < 0:
+            raise ConfigError(f"{path}.every", self.every, "0 or more")
+        _positive(self, path, "batch_size")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ConfigError(f"{path}.max_new_tokens", self.max_new_tokens, "a positive integer or null")
+
+
 @dataclass
 class TrainingConfig:
     """Optimisation, schedule, checkpoints and logging."""
@@ -290,6 +332,9 @@ class TrainingConfig:
     """Log metrics every N optimizer steps."""
     max_bad_steps: int = 3
     """Stop after this many non-finite losses in a row (each one is skipped and counted)."""
+    eval: list[EvalTaskConfig] = field(default_factory=list)
+    """Benchmarks evaluated during training (each with its files, limit and every); the model answers
+    with data.template and data.system_prompt; metrics go to metrics.jsonl and TensorBoard (eval/...)."""
 
     def check(self, path: str) -> None:
         _positive(self, path, "global_batch_size", "micro_batch_size", "log_every", "keep_last", "max_bad_steps")
@@ -311,6 +356,8 @@ class TrainingConfig:
         for name in ("weight_decay", "clip_grad", "save_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", getattr(self, name), "0 or more")
+        for i, task in enumerate(self.eval):
+            task.check(f"{path}.eval[{i}]")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Runs in one process when started plainly, and distributed under
 ``torchrun --nproc-per-node N [--nnodes M ...] -m mmtune train CONFIG``. With ``--dry-run`` it builds
-the run on the meta device and prints what it found (:mod:`mmtune.dryrun`).
+the run on the meta device and prints what it found (:mod:`mmtune.dryrun`). ``training.eval`` tasks
+run as step hooks (:mod:`mmtune.evaluation.during_training`).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def _train(cfg: Config, resume: Optional[str]) -> Optional[Path]:
     from torch.distributed.checkpoint.api import CheckpointException
 
     from mmtune.errors import MMTuneError
+    from mmtune.evaluation.during_training import build_hooks
     from mmtune.training.run import run_training
 
+    hooks = build_hooks(cfg)  # reads training.eval's questions now: a bad file stops the run before it starts
     try:
-        return run_training(cfg, resume)
+        return run_training(cfg, resume, hooks)
     except (OSError, CheckpointException) as exc:
         failures = getattr(exc, "failures", None) or {}
         cause = next((e for e, _ in failures.values()), exc)

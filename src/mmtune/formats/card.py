@@ -49,13 +49,14 @@ def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _last_jsonl(path: Path) -> dict[str, Any]:
+    """The last training record (one with a loss; evaluation records have none)."""
     last: dict[str, Any] = {}
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and "loss" in record:
             last = record
     return last
 

@@ -3,7 +3,8 @@
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per optimizer step with at least ``step``
 and ``loss`` (plus ``lr``, ``grad_norm``, ``tokens_per_s``, ``supervised_tokens_per_s``,
 ``samples_per_s``, ``step_time_s``, ``data_wait_fraction``, ``peak_memory_gb``, ``skipped`` and, on
-GPU, ``mfu``). ``loss``, ``grad_norm`` and ``supervised_tokens`` are the logged step's; the rates,
+GPU, ``mfu``); evaluation during training adds records with ``step`` and ``eval/...`` numbers and no
+``loss``. ``loss``, ``grad_norm`` and ``supervised_tokens`` are the logged step's; the rates,
 ``step_time_s`` (the mean) and ``data_wait_fraction`` cover every step since the previous line
 (``training.log_every``), so a logged step that is always the short one of a pattern cannot bias them.
 """
@@ -91,13 +92,22 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.history.append(record)
+        self._write(record, "train/")
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record.get('lr', 0):.2e}", refresh=False)
+        self.bar.update(record["step"] - self.bar.n)
+
+    def log_extra(self, record: dict) -> None:
+        """Appends a record without a loss (evaluation metrics; needs ``step``) to the file and TensorBoard,
+        each number under its own key (``eval/pope/accuracy``)."""
+        if self.enabled:
+            self._write(record, "")
+
+    def _write(self, record: dict, prefix: str) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(f"train/{key}", value, record["step"])
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record.get('lr', 0):.2e}", refresh=False)
-        self.bar.update(record["step"] - self.bar.n)
+                self.writer.add_scalar(f"{prefix}{key}", value, record["step"])
 
     def close(self) -> None:
         """Flushes the sinks and draws ``loss.png`` from every record of this process's run."""
@@ -110,7 +120,8 @@ class MetricsLogger:
 
 
 def plot_loss(metrics_file: Path, png: Path) -> None:
-    """Draws the per-step loss of ``metrics_file`` (the last record of each step wins) to ``png``."""
+    """Draws the per-step loss of ``metrics_file`` (the last record of each step wins; records without a
+    loss, such as evaluation metrics, are skipped) to ``png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +130,7 @@ def plot_loss(metrics_file: Path, png: Path) -> None:
     by_step: dict[int, float] = {}
     for line in metrics_file.read_text().splitlines():
         record = json.loads(line)
-        if math.isfinite(record["loss"]):
+        if "loss" in record and math.isfinite(record["loss"]):
             by_step[record["step"]] = record["loss"]
     steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -28,6 +28,7 @@ from mmtune.distributed.parallelize import compute_dtype, decoder, parallelize, 
 from mmtune.errors import ConfigError, DataError, MMTuneError
 from mmtune.training import checkpoint as ckpt
 from mmtune.training.fused_loss import supervised_loss_sum
+from mmtune.training.hooks import StepHook, unsharded_copy
 from mmtune.training.loss import step_counts, token_loss_sum
 from mmtune.training.metrics import (
     MetricsLogger,
@@ -52,13 +53,15 @@ class RunParts:
     by shard, see :mod:`mmtune.formats.loading`); ``loader`` yields this rank's
     :class:`~mmtune.data.batch.Batch` es (a :class:`~mmtune.data.batch.BatchLoader`; None for a trainer
     driven by :meth:`Trainer.train_step` alone, with ``training.max_steps`` set); ``write_extras(dir)``
-    adds files (tokenizer) to each checkpoint.
+    adds files (tokenizer) to each checkpoint; ``hooks`` run at the steps they choose
+    (:mod:`mmtune.training.hooks`: evaluation during training).
     """
 
     build_model: Callable[[str], nn.Module]
     loader: Optional[BatchLoader]
     image_token_id: Optional[int] = None
     write_extras: Optional[Callable[[Path], None]] = None
+    hooks: list[StepHook] = field(default_factory=list)
 
 
 @dataclass
@@ -209,6 +212,7 @@ class Trainer:
                 if self.step == first:
                     self._log_startup()
                 self._after_step(result, metrics, started, waited)
+                self._run_hooks(metrics)
             if self.last_saved is None or not self.last_saved.name.endswith(f"{self.step:08d}"):
                 self.save()
         finally:
@@ -244,6 +248,19 @@ class Trainer:
         every = self.cfg.training.save_every
         if every and self.step % every == 0 and self.step < self.total_steps and not self.bad_in_row:
             self.save()
+
+    def _run_hooks(self, metrics: MetricsLogger) -> None:
+        """Runs the hooks due at this step on one unsharded copy of the model; logs what they return."""
+        due = [hook for hook in self.parts.hooks if hook.due(self.step, self.total_steps)]
+        if not due:
+            return
+        dtype = compute_dtype(self.cfg.training.dtype, self.env.device)
+        model = unsharded_copy(self.model, self.parts.build_model, self.env.device, dtype)
+        record: dict = {"step": self.step}
+        for hook in due:
+            record.update(hook(model, self.step))
+        del model
+        metrics.log_extra(record)
 
     def _record(self, result: StepResult) -> dict:
         """One line of ``metrics.jsonl``: this step's loss, the rates of every step since the last line."""
