@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest image in pixels (default: the model's vision.max_image_pixels)")
     p.add_argument("--max-pending", type=int, default=8,
                    help="requests queued or running before new ones get 503 (default 8)")
+    p.add_argument("--image-first", action="store_true",
+                   help="put a request's image at the start of its message, then a newline (LLaVA-1.5's "
+                        "'<image>\\n{question}'), wherever the client put the image part (lmms-eval sends it last)")
 
 
 def check_limits(args: argparse.Namespace) -> None:
@@ -53,7 +56,7 @@ def settings_from_args(args: argparse.Namespace) -> "ServerSettings":
     return ServerSettings(model_name=args.name or Path(args.model).resolve().name,
                           api_key=args.api_key or os.environ.get("MMTUNE_API_KEY") or None,
                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pending=args.max_pending,
-                          default_max_tokens=args.max_new_tokens)
+                          default_max_tokens=args.max_new_tokens, image_first=args.image_first)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ class ServerSettings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_pending: int = 8
     default_max_tokens: int = 256
+    image_first: bool = False
 
 
 class Cancelled(Exception):
@@ -160,7 +161,7 @@ async def _complete(raw: bytes, engine: ServingEngine, worker: Worker, settings:
     except RecursionError:  # e.g. 100k nested arrays: within the body limit, beyond the parser's stack
         return _error(400, "the body is not valid JSON: nested too deeply")
     try:
-        body, chat = parse_request(data, settings.default_max_tokens)
+        body, chat = parse_request(data, settings.default_max_tokens, settings.image_first)
         prepared = await run_in_threadpool(engine.prepare, chat)
     except MMTuneError as exc:
         return _error(400, str(exc))

@@ -4,7 +4,9 @@ Accepted: ``messages`` with string content or a list of ``text`` and ``image_url
 base64 ``data:`` URI; remote URLs are refused, the server fetches nothing), ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``stream`` and
 ``stream_options.include_usage``. mmtune extensions: ``template``, ``prefix`` and ``input`` (the
-optional Alpaca "### Input:" text). Unknown OpenAI fields are ignored, as most servers do.
+optional Alpaca "### Input:" text). Unknown OpenAI fields are ignored, as most servers do. The image
+goes where its part is among the text parts, or, for a server started with ``--image-first``, at the
+start of its message followed by a newline (LLaVA-1.5's ``<image>\n{question}``).
 """
 
 from __future__ import annotations
@@ -75,8 +77,11 @@ class ChatCompletionRequest(_Model):
     input: Optional[str] = None
 
 
-def parse_request(data: Any, default_max_tokens: int) -> tuple[ChatCompletionRequest, ChatRequest]:
-    """Validates a decoded JSON body; raises :class:`RequestError` with a readable message."""
+def parse_request(data: Any, default_max_tokens: int,
+                  image_first: bool = False) -> tuple[ChatCompletionRequest, ChatRequest]:
+    """Validates a decoded JSON body; raises :class:`RequestError` with a readable message. With
+    ``image_first`` the image opens its message (``<image>`` and a newline, then the message's text),
+    wherever the client put its part."""
     try:
         body = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -84,6 +89,8 @@ def parse_request(data: Any, default_max_tokens: int) -> tuple[ChatCompletionReq
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RequestError(f"invalid request: {where}: {first['msg']}") from None
     messages, image = _messages(body.messages)
+    if image_first:
+        messages = [_image_first(m) for m in messages]
     if body.input:
         if not messages or messages[-1].role != "user":
             raise RequestError("'input' needs a last message from the user")
@@ -93,6 +100,12 @@ def parse_request(data: Any, default_max_tokens: int) -> tuple[ChatCompletionReq
         max_new_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
         temperature=body.temperature, top_p=body.top_p, seed=body.seed)
     return body, request
+
+
+def _image_first(message: Message) -> Message:
+    if IMAGE_MARKER not in message.content:
+        return message
+    return Message(message.role, f"{IMAGE_MARKER}\n{message.content.replace(IMAGE_MARKER, '').strip()}")
 
 
 def _messages(messages: list[ChatMessage]) -> tuple[list[Message], Optional[bytes]]:
