@@ -22,7 +22,7 @@ def image_bytes(seed: int, size: tuple[int, int] = (48, 30)) -> bytes:
     return out.getvalue()
 
 
-def _image(path: Path, seed: int) -> None:
+def write_image(path: Path, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image_bytes(seed, (40 + 8 * (seed % 3), 24 + 4 * (seed % 2))))
 
@@ -58,7 +58,7 @@ def vqav2(root: Path) -> dict[str, Path]:
              "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(h)]}
             for q, t, h in zip(questions, types, HUMANS)]
     for image_id in (42, 7):
-        _image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", image_id)
+        write_image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", image_id)
     (root / "q.json").write_text(json.dumps({"data_subtype": "val2014", "task_type": "Open-Ended",
                                              "questions": questions}))
     (root / "a.json").write_text(json.dumps({"data_subtype": "val2014", "annotations": anns}))
@@ -72,7 +72,7 @@ def textvqa(root: Path) -> dict[str, Path]:
             {"question_id": 34603, "question": "what year?", "image_id": "005635e119b9f32f",
              "answers": ["1990"] * 10, "image_classes": ["poster"], "set_name": "val"}]
     for n, q in enumerate(data):
-        _image(root / "train_images" / f"{q['image_id']}.jpg", n)
+        write_image(root / "train_images" / f"{q['image_id']}.jpg", n)
     (root / "TextVQA_0.5.1_val.json").write_text(json.dumps({"dataset_name": "textvqa", "dataset_version": "0.5.1",
                                                              "dataset_type": "val", "data": data}))
     return {"data": root / "TextVQA_0.5.1_val.json", "images": root / "train_images"}
@@ -85,7 +85,7 @@ def gqa(root: Path) -> dict[str, Path]:
             "201640614": {"imageId": "n161313", "question": "What is on the table?", "answer": "cup",
                           "fullAnswer": "The cup is on the table.", "types": {"structural": "query"}}}
     for n, q in enumerate(data.values()):
-        _image(root / "images" / f"{q['imageId']}.jpg", n + 3)
+        write_image(root / "images" / f"{q['imageId']}.jpg", n + 3)
     (root / "testdev_balanced_questions.json").write_text(json.dumps(data))
     return {"data": root / "testdev_balanced_questions.json", "images": root / "images"}
 
@@ -100,7 +100,7 @@ def pope(root: Path) -> dict[str, list[Path] | Path]:
         files.append(root / f"coco_pope_{split}.json")
         files[-1].write_text("".join(json.dumps(x) + "\n" for x in lines))
     for n in range(3):
-        _image(root / "val2014" / f"COCO_val2014_{n:012d}.jpg", n)
+        write_image(root / "val2014" / f"COCO_val2014_{n:012d}.jpg", n)
     return {"data": files, "images": root / "val2014"}
 
 
@@ -159,7 +159,7 @@ def coco_karpathy(root: Path) -> dict[str, Path]:
                                           {"raw": f"The {c} object in the picture.", "tokens": [], "sentid": 1}]}
               for n, (i, c, split) in enumerate([(11, "red", "test"), (12, "blue", "test"), (13, "pink", "train")])]
     for image in images:
-        _image(root / "val2014" / image["filename"], image["cocoid"])
+        write_image(root / "val2014" / image["filename"], image["cocoid"])
     (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     return {"data": root / "dataset_coco.json", "images": root}
 
@@ -171,6 +171,6 @@ def coco_official(root: Path) -> dict[str, Path]:
     anns = [{"image_id": 11, "id": 1, "caption": "A red shape."}, {"image_id": 12, "id": 2, "caption": "Blue."},
             {"image_id": 11, "id": 3, "caption": "Something red."}]
     for image in images:
-        _image(root / "val2014" / image["file_name"], image["id"])
+        write_image(root / "val2014" / image["file_name"], image["id"])
     (root / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
     return {"data": root / "captions_val2014.json", "images": root / "val2014"}

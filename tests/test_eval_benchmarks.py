@@ -38,9 +38,21 @@ def test_vqav2_reader(tmp_path):
     assert items[0].references == bf.HUMANS[0] and items[1].kind == "yes/no"
 
 
+def test_vqav2_test_dev_questions_use_the_test2015_images(tmp_path):
+    made = bf.vqav2(tmp_path)
+    data = json.loads(made["data"].read_text())
+    made["data"].write_text(json.dumps({**data, "data_subtype": "test-dev2015"}))
+    for image_id in (42, 7):
+        bf.write_image(tmp_path / "test2015" / f"COCO_test2015_{image_id:012d}.jpg", image_id)
+    files = BenchFiles([str(made["data"])], image_root=str(tmp_path / "test2015"))
+    items = BENCHMARKS["vqav2"].read(files, SHORT_ANSWER)
+    assert Path(items[0].record.image).name == "COCO_test2015_000000000042.jpg" and items[0].references == []
+
+
 def test_textvqa_gqa_readers(tmp_path):
     text = BENCHMARKS["textvqa"].read(_files(bf.textvqa(tmp_path / "t")), SHORT_ANSWER)
     assert text[0].ident == {"question_id": 34602} and len(text[0].references) == 10
+    assert _user(text[0]) == "<image>\nwhat brand is this?\nAnswer the question using a single word or phrase."
     assert Path(text[1].record.image).name == "005635e119b9f32f.jpg"
     gqa = BENCHMARKS["gqa"].read(_files(bf.gqa(tmp_path / "g")), SHORT_ANSWER)
     assert [i.ident["question_id"] for i in gqa] == ["20968379", "201640614"]
@@ -51,6 +63,19 @@ def test_pope_reader_splits_by_file(tmp_path):
     items = BENCHMARKS["pope"].read(_files(bf.pope(tmp_path)), SHORT_ANSWER)
     assert [i.kind for i in items] == ["random"] * 3 + ["adversarial"] * 3
     assert items[1].references == ["no"] and items[4].ident == {"question_id": 2, "split": "adversarial"}
+
+
+def test_pope_split_comes_from_category_when_a_line_has_one(tmp_path):
+    made = bf.pope(tmp_path)
+    lines = [json.loads(x) for x in made["data"][0].read_text().splitlines()]
+    made["data"][0].write_text("".join(json.dumps({**x, "category": "popular"}) + "\n" for x in lines))
+    items = BENCHMARKS["pope"].read(_files(made), SHORT_ANSWER)
+    assert [i.kind for i in items] == ["popular"] * 3 + ["adversarial"] * 3
+
+
+def test_empty_prompt_asks_the_bare_question(tmp_path):
+    items = BENCHMARKS["pope"].read(_files(bf.pope(tmp_path)), "")
+    assert _user(items[0]) == "<image>\nIs there a dog in the image?"
 
 
 def test_mmbench_reader_rotates_options(tmp_path):
@@ -73,6 +98,12 @@ def test_scienceqa_reader_takes_image_questions_of_the_split(tmp_path):
                                "B. glass\nAnswer with the option's letter from the given choices directly.")
     val = BENCHMARKS["scienceqa"].read(_files(bf.scienceqa(tmp_path), split="val"), OPTION_LETTER)
     assert [i.ident for i in val] == [{"pid": "12"}]
+
+
+def test_scienceqa_images_directly_under_the_root(tmp_path):
+    made = bf.scienceqa(tmp_path)
+    items = BENCHMARKS["scienceqa"].read(_files({**made, "images": made["images"] / "test"}), OPTION_LETTER)
+    assert [Path(i.record.image).parent.name for i in items] == ["5", "9"]
 
 
 def test_coco_readers_both_layouts(tmp_path):
@@ -120,6 +151,7 @@ def test_eval_command_end_to_end(model, tmp_path, task, factory, id_field, keys)
     made = factory(tmp_path / "files")
     result, lines = _eval(model, task, made, tmp_path)
     assert result["task"] == task and result["model"] == str(model) and result["prompt"] == BENCHMARKS[task].prompt
+    assert result["template"] == "alpaca" and result["data"] == [str(d) for d in _files(made).data]
     assert result["count"] == len(lines) and keys <= set(result["metrics"])
     assert all(id_field in line and isinstance(line["answer"], str) for line in lines)
     assert result["metrics"] == _rescored(task, made, lines)
@@ -130,6 +162,12 @@ def test_prompt_override_and_limit(model, tmp_path):
     result, lines = _eval(model, "mmbench", made, tmp_path, "--prompt", "Pick one.", "--limit", "1")
     assert result["prompt"] == "Pick one." and result["count"] == 3  # every rotation of the first question
     assert {line["index"] for line in lines} == {"0"} and [line["round"] for line in lines] == [0, 1, 2]
+
+
+def test_limit_takes_the_first_questions_of_each_pope_split(model, tmp_path):
+    result, lines = _eval(model, "pope", bf.pope(tmp_path / "files"), tmp_path, "--limit", "1")
+    assert result["count"] == 2 and [(x["split"], x["question_id"]) for x in lines] == [("random", 1),
+                                                                                         ("adversarial", 1)]
 
 
 def test_vqav2_without_annotations_writes_the_submission(model, tmp_path, capsys):
@@ -167,3 +205,31 @@ def test_unknown_task_names_every_task(model, tmp_path, capsys):
     assert main(["eval", "--model", str(model), "--task", "mme", "--data", "x"]) == 2
     err = capsys.readouterr().err
     assert all(name in err for name in [*BENCHMARKS, "caption", "vqa"])
+
+
+def test_mmbench_test_split_without_answers_is_answered_not_scored(model, tmp_path):
+    made = bf.mmbench(tmp_path / "files")
+    rows = made["data"].read_text().splitlines()
+    header = rows[0].split("\t")
+    drop = header.index("answer")
+    made["data"].write_text("\n".join("\t".join(c for i, c in enumerate(r.split("\t")) if i != drop)
+                                      for r in rows) + "\n")
+    result, lines = _eval(model, "mmbench", made, tmp_path)
+    assert "metrics" not in result and len(lines) == 5
+
+
+def test_default_device_is_the_gpu_when_there_is_one(monkeypatch):
+    import argparse
+
+    import torch
+
+    from mmtune.commands.eval import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = argparse.Namespace(device=None)
+    _device(args)
+    assert args.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = argparse.Namespace(device=None)
+    _device(args)
+    assert args.device == "cpu"

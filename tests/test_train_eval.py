@@ -93,3 +93,27 @@ def test_bad_training_eval_stops_before_training(world, tmp_path, capsys, spec, 
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_a_task_listed_twice_is_named_by_position(world, pope):
+    from mmtune.config import load_config
+    from mmtune.evaluation.during_training import build_hooks
+
+    files = ", ".join(f"'{p}'" for p in pope["data"])
+    spec = (f"[{{task: pope, data: [{files}], image_root: '{pope['images']}', limit: 1}}, "
+            f"{{task: pope, data: [{files}], image_root: '{pope['images']}', limit: 2, every: 3}}, "
+            f"{{task: vqa, data: ['{world}/heldout/vqa.json'], limit: 1}}]")
+    cfg = load_config(CONFIG, [*_regen_module().overrides(2, world, world / "unused"), "--training.eval", spec])
+    hooks = build_hooks(cfg)
+    assert [h.name for h in hooks] == ["pope.0", "pope.1", "vqa"]
+    assert [len(h.items) for h in hooks] == [2, 4, 1]
+    assert [h.due(3, 10) for h in hooks] == [False, True, False] and all(h.due(10, 10) for h in hooks)
+
+
+def test_model_card_reads_the_last_record_with_a_loss(tmp_path):
+    from mmtune.formats.card import find_run_info
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 4, "loss": 1.5}) + "\n"
+                                            + json.dumps({"step": 4, "eval/pope/accuracy": 0.5}) + "\n")
+    _, metrics = find_run_info(tmp_path)
+    assert metrics["train.loss"] == 1.5 and "train.eval/pope/accuracy" not in metrics
