@@ -177,6 +177,12 @@ def test_vqav2_without_annotations_writes_the_submission(model, tmp_path, capsys
     assert "metrics" not in result and result["count"] == 3
     submission = json.loads((tmp_path / "sub.json").read_text())
     assert [s["question_id"] for s in submission] == [420, 421, 70]
+    (tmp_path / "test2015.json").write_text(json.dumps({"questions": [
+        {"image_id": 42, "question": "q", "question_id": 420}, {"image_id": 9, "question": "q", "question_id": 90}]}))
+    _eval(model, "vqav2", made, tmp_path, "--submission", str(tmp_path / "all.json"),
+          "--submission-questions", str(tmp_path / "test2015.json"))
+    filled = json.loads((tmp_path / "all.json").read_text())
+    assert [s["question_id"] for s in filled] == [420, 421, 70, 90] and filled[-1]["answer"] == ""
     assert "no answers to score" in capsys.readouterr().out
 
 

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write one line per item: the benchmark's id field(s) and the model's raw answer")
     p.add_argument("--submission", metavar="FILE.json",
                    help="vqav2: write the evaluation server's results file (question_id, answer)")
+    p.add_argument("--submission-questions", metavar="FILE",
+                   help="vqav2: every question of this questions file (test2015) not answered gets an empty "
+                        "answer in --submission, as the server wants for test-dev")
     p.add_argument("--template", default="alpaca",
                    help="prompt template the model was trained with (llava_v1 for LLaVA-1.5; default alpaca)")
     p.add_argument("--system-prompt", default=None,
@@ -102,7 +105,7 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
 
 def _write(args: argparse.Namespace, result: dict[str, Any], items: list) -> None:
     from mmtune.errors import DataError
-    from mmtune.evaluation.tasks import BENCHMARKS, prediction_lines
+    from mmtune.evaluation.tasks import BENCHMARKS, fill_submission, prediction_lines
 
     def target(name: str) -> Path:
         path = Path(name)
@@ -119,7 +122,10 @@ def _write(args: argparse.Namespace, result: dict[str, Any], items: list) -> Non
         bench = BENCHMARKS.get(args.task)
         if bench is None or bench.submission is None:
             raise DataError(f"--submission: --task {args.task} has no evaluation-server file")
-        target(args.submission).write_text(json.dumps(bench.submission(items)))
+        rows = bench.submission(items)
+        if args.submission_questions:
+            rows = fill_submission(rows, args.submission_questions)
+        target(args.submission).write_text(json.dumps(rows))
         print(f"wrote {args.submission}")
 
 

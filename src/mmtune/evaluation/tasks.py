@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 from mmtune.errors import DataError
 from mmtune.evaluation.benchmarks.choice import read_mmbench, read_scienceqa
 from mmtune.evaluation.benchmarks.coco import read_coco_captions
-from mmtune.evaluation.benchmarks.common import BenchFiles
+from mmtune.evaluation.benchmarks.common import BenchFiles, get, read_json, top
 from mmtune.evaluation.benchmarks.pope import read_pope
 from mmtune.evaluation.benchmarks.vqa import read_gqa, read_textvqa, read_vqav2
 from mmtune.evaluation.metrics import bleu_scores, cider_d, rouge_l
@@ -93,6 +93,15 @@ def score_coco(items: Sequence[EvalItem]) -> dict[str, Any]:
 def vqav2_submission(items: Sequence[EvalItem]) -> list[dict]:
     """The VQAv2 evaluation server's results file: question_id and the normalised answer."""
     return [{"question_id": i.ident["question_id"], "answer": normalize_vqa_answer(i.prediction)} for i in items]
+
+
+def fill_submission(rows: list[dict], questions: str) -> list[dict]:
+    """``rows`` plus an empty answer for every question of the questions file ``questions`` that
+    ``rows`` does not answer (the server wants all test2015 questions, even for test-dev)."""
+    answered = {row["question_id"] for row in rows}
+    every = top(read_json(questions), "questions", questions, "the VQAv2 questions layout")
+    missing = [get(q, "question_id", questions, f"questions[{n}]") for n, q in enumerate(every)]
+    return rows + [{"question_id": qid, "answer": ""} for qid in missing if qid not in answered]
 
 
 @dataclass(frozen=True)
