@@ -189,6 +189,7 @@ def test_a_corrupt_image_blanks_only_its_sample_in_a_packed_row(tmp_path, tok):
                             batching="packed", max_seq_len=128, max_bad_fraction=1.0), tok)
     (batch,) = list(loader)
     assert batch.pixel_values.shape[0] == 1 and int(batch.num_samples) == 1
+    assert batch.keys == (f"{path}:0",)  # the blanked sample is not among what was trained on
     assert int((batch.input_ids == tok.image_token_id).sum()) == IMAGE_TOKENS
     assert loader.stats()["sources"]["l.json"]["bad"] == 1
 

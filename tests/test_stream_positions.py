@@ -5,13 +5,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 
 import pytest
+import torch
 
 import mmtune.data.sources as sources_module
 from data_factory import alpaca_items, caption_loader, config, write_json, write_shards
 from mmtune.config import SourceConfig, load_config
+from mmtune.data.loader import summary
 from mmtune.data.positions import Positions, from_ranges, to_ranges
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.tokenizer import Tokenizer
@@ -112,6 +116,7 @@ def test_stream_shares_hold_the_weights_and_a_restarting_source_counts_its_epoch
     assert 4900 < len(keys) < 5100 and len([k for k in keys if ":" in k and "#" not in k]) == 3750
     shares = loader.stats()["shares"]
     assert shares["text"] == pytest.approx(0.75, abs=0.02) and shares["small"] == pytest.approx(0.25, abs=0.02)
+    assert f"text: 3750 samples ({100 * shares['text']:.1f}%)" in summary(loader.stats())  # the epoch's log line
     small_keys = [k for k in keys if "#" in k]
     for start in range(0, len(small_keys) - 50, 50):  # each of its epochs reads its 50 samples once
         assert len(set(small_keys[start:start + 50])) == 50
@@ -148,3 +153,29 @@ def test_exhausted_is_checked_with_one_line_naming_the_field(tmp_path):
         load_config(path)
     assert "data.sources[0].exhausted" in str(err.value) and "stop or restart" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_samples_log_is_off_by_default_and_writes_one_line_per_step_and_epoch(tmp_path):
+    from mmtune.config import DataConfig
+    from mmtune.data.batch import Batch
+    from mmtune.training.samples import SamplesLog
+
+    assert DataConfig().log_samples is False
+    SamplesLog(tmp_path / "off", 0, False).write(1, [])
+    assert not (tmp_path / "off").exists()
+    log = SamplesLog(tmp_path, 3, True)
+    empty = Batch.from_tensors(*[torch.zeros(1, 1, dtype=torch.long)] * 4)
+    log.write(7, [dataclasses.replace(empty, keys=("a", "b"), epoch=0),
+                  dataclasses.replace(empty, keys=("c",), epoch=1)])
+    log.write(8, [dataclasses.replace(empty, keys=("d",), epoch=1)])
+    lines = [json.loads(line) for line in (tmp_path / "samples/rank3.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 7, "epoch": 0, "keys": ["a", "b"]}, {"step": 7, "epoch": 1, "keys": ["c"]},
+                     {"step": 8, "epoch": 1, "keys": ["d"]}]
+
+
+def test_map_mode_the_last_group_of_an_epoch_carries_the_next_epochs_first_rows_under_its_epoch(tmp_path, tok):
+    text = write_json(tmp_path / "alpaca.json", alpaca_items(5))
+    loader = caption_loader(config([SourceConfig(path=str(text), template="alpaca")], micro=2), tok)
+    batches = list(loader)
+    assert [b.epoch for b in batches] == [0, 0, 0] and len(_keys(batches)) == 6
+    assert len(set(_keys(batches))) == 5 and loader.epoch == 1

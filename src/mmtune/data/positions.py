@@ -134,7 +134,7 @@ class Positions:
     def taken(self, s: int, e: int, unit: int) -> set[int]:
         """Offsets of ``unit`` already trained on."""
         progress = self.now.get((s, e))
-        return progress.taken.get(unit, set()) if progress is not None else set()
+        return set(progress.taken.get(unit, ())) if progress is not None else set()
 
     def first_epoch(self, s: int) -> int:
         """The first epoch of source ``s`` with units left in the saved base (0 for a fresh run)."""
