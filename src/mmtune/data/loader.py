@@ -164,8 +164,8 @@ class Loader:
 def summary(stats: dict) -> str:
     """One line of counts (and share of the samples) per source plus the padding fraction."""
     shares = stats.get("shares", {})
-    parts = [f"{name}: {c['samples']} samples ({100 * shares.get(name, 0.0):.1f}%), {c['bad']} bad, "
-             f"{c['truncated']} truncated, {c['skipped']} skipped" for name, c in stats["sources"].items()]
+    parts = [f"{name}: {c['samples']} samples, {c['bad']} bad, {c['truncated']} truncated, {c['skipped']} skipped, "
+             f"{100 * shares.get(name, 0.0):.1f}% of the samples" for name, c in stats["sources"].items()]
     return "; ".join(parts) + f"; padding {100 * stats['padding_fraction']:.1f}% of {stats['rows']} rows"
 
 
