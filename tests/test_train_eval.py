@@ -1,5 +1,5 @@
 """``training.eval``: benchmarks evaluated during training at their steps and at the end, on a full
-copy of the (FSDP-sharded) model, spread over the ranks; metrics in ``metrics.jsonl`` and TensorBoard
+copy of the (FSDP-sharded or tensor-parallel) model, spread over the ranks; metrics in ``metrics.jsonl`` and TensorBoard
 beside the loss; bad entries and files stop the run before it starts, in one line."""
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ def test_training_eval_logs_metrics_at_its_steps(world, pope, tmp_path):
     assert (out / "loss.png").is_file()  # the loss plot skips the records without a loss
 
 
-def test_training_eval_on_two_ranks_equals_one(world, pope, tmp_path):
+@pytest.mark.parametrize("parallel", [[], ["--parallel.tp", "2"]], ids=["fsdp", "tensor-parallel"])
+def test_training_eval_on_two_ranks_equals_one(world, pope, tmp_path, parallel):
     assert main(["train", CONFIG, *_args(world, pope, tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mmtune", "train", CONFIG,
-           *_args(world, pope, tmp_path / "two")]
+           *_args(world, pope, tmp_path / "two"), *parallel]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
