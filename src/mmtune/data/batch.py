@@ -11,7 +11,9 @@ Public API:
   Batch contract of ``docs/architecture.md``.
 * :class:`BatchLoader`: what the trainer needs of a loader: iterating yields one epoch of this rank's
   :class:`Batch` es; ``rows_per_epoch`` (a property: rows of one epoch over all ranks, None when unknown);
-  ``state_dict()`` / ``load_state_dict(state)`` with plain Python values.
+  ``state_dict()`` / ``load_state_dict(state)`` with plain Python values; optionally
+  ``load_state_dicts(states, read_rank)``, the states of every saved rank (see
+  :mod:`mmtune.training.state`).
 """
 
 from __future__ import annotations
