@@ -48,6 +48,8 @@ def test_ranges_round_trip_and_positions_merge_begun_units_first():
     assert dealt[0][0] == 4 and sorted(dealt[0] + dealt[1]) == [0, 1, 3, 4, 5]
     with pytest.raises(DataError, match="source 's'.*were the sources changed"):
         Positions.merged([a.state(["s"])], ["t"], [6], 0, keep=lambda s, e: True)
+    with pytest.raises(DataError, match="units of source 's' beyond its 2: were the sources changed"):
+        Positions.merged([a.state(["s"])], ["s"], [2], 0, keep=lambda s, e: True)
 
 
 @pytest.mark.parametrize("saved, resumed", [((2, 2), (1, 3)), ((1, 1), (3, 1)), ((2, 1), (2, 2))])

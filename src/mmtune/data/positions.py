@@ -157,6 +157,9 @@ class Positions:
                 if name not in names:
                     raise DataError(f"the saved loader state names source {name!r}, which this run does not "
                                     f"have ({', '.join(names)}): were the sources changed?")
-                key = (names.index(name), int(epoch))
-                base.setdefault(key, _Progress()).update(_Progress.from_state(progress))
+                key, saved = (names.index(name), int(epoch)), _Progress.from_state(progress)
+                if any(u >= units[key[0]] for u in saved.done | set(saved.taken)):
+                    raise DataError(f"the saved loader state names units of source {name!r} beyond its "
+                                    f"{units[key[0]]}: were the sources changed?")
+                base.setdefault(key, _Progress()).update(saved)
         return cls(units, seed, {key: p for key, p in base.items() if keep(*key)})
