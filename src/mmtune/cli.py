@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "convert": "Convert Meta, Hugging Face (Llama, LLaVA) or LLaMA2-Accessory weights into an mmtune model directory.",
     "export": "Export a training checkpoint or model as a release directory (mmtune or Hugging Face LLaVA/Llama).",
     "quickstart": "The embedded default: synthetic world -> stage 1 -> stage 2 -> evaluation -> answers.",
-    "eval": "Score a model on VQAv2, TextVQA, GQA, POPE, MMBench, ScienceQA or COCO captions (official files, metrics), or the synthetic world.",
+    "eval": "Score a model on VQAv2, TextVQA, GQA, POPE, MMBench, ScienceQA, COCO captions or the synthetic world.",
 }
 
 
