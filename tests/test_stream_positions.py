@@ -181,3 +181,14 @@ def test_map_mode_the_last_group_of_an_epoch_carries_the_next_epochs_first_rows_
     batches = list(loader)
     assert [b.epoch for b in batches] == [0, 0, 0] and len(_keys(batches)) == 6
     assert len(set(_keys(batches))) == 5 and loader.epoch == 1
+
+
+def test_a_stream_saved_after_the_last_batch_of_an_epoch_resumes_into_the_next_epoch(tmp_path, tok):
+    cfg = config([_shards(tmp_path, 4, 5)], micro=2, template="caption", shuffle_buffer=6)
+    first = caption_loader(cfg, tok)
+    it = iter(first)
+    epoch0 = _keys(next(it) for _ in range(10))  # all 20 samples; the iteration has not noticed its end yet
+    resumed = caption_loader(cfg, tok)
+    resumed.load_state_dict(first.state_dict())
+    batches = list(resumed)
+    assert batches and {b.epoch for b in batches} == {1} and sorted(_keys(batches)) == sorted(epoch0)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Generator, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -64,6 +64,7 @@ class Loader:
         self._position = (0, 0)
         self._stats = DataStats()
         self._rows: Optional[int] = None
+        self._resumed = False
         self._sizes = {s.name: len(s) for s in plan.sources if isinstance(s, MapSource)}
         self._count_load_errors()
 
@@ -110,8 +111,14 @@ class Loader:
                                pin_memory=torch.cuda.is_available()))
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch
-        for batch, meta in self._iterator():
+        resumed, self._resumed = self._resumed, False
+        if not (yield from self._epoch()) and resumed:
+            yield from self._epoch()  # saved after the epoch's last batch: nothing was left of it
+
+    def _epoch(self) -> Generator[Batch, None, int]:
+        """One epoch of batches; returns how many there were."""
+        epoch, count = self.epoch, 0
+        for count, (batch, meta) in enumerate(self._iterator(), 1):
             if self._stream is not None:
                 self._stream.taken(meta)
             else:
@@ -119,6 +126,10 @@ class Loader:
             self._log(self._stats.merge(meta.stats))
             self._stats.check(self._max_bad, self._sizes)
             yield dataclasses.replace(batch, epoch=epoch)
+        self._end_epoch()
+        return count
+
+    def _end_epoch(self) -> None:
         if self._stream is not None:
             self._stream.end_epoch()
         self._stats.check(self._max_bad)
@@ -155,6 +166,7 @@ class Loader:
             raise DataError(f"loader state (version {state.get('version')}, {state.get('mode')} mode) does not "
                             f"fit this loader (version {versions[-1]}, {mode} mode): were the sources changed?")
         self._stats.load_state_dict(state["stats"])
+        self._resumed = True
         if self._stream is not None:
             self._stream.load_state_dicts(states, own)
         else:
