@@ -239,3 +239,18 @@ def test_default_device_is_the_gpu_when_there_is_one(monkeypatch):
     args = argparse.Namespace(device=None)
     _device(args)
     assert args.device == "cpu"
+
+
+def test_auto_dtype_is_bf16_on_the_gpu(monkeypatch, model):
+    import argparse
+
+    import torch
+
+    from mmtune.commands import serving_options
+
+    seen = {}
+    monkeypatch.setattr(serving_options.Engine, "from_dir", lambda path, **kw: seen.update(kw))
+    for device, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
+        args = argparse.Namespace(model=str(model), device=device, dtype="auto", template="llava_v1")
+        serving_options.engine_from_args(args)
+        assert seen["dtype"] == dtype

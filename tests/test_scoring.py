@@ -94,3 +94,20 @@ def test_circular_evaluation_hand_checked():
     assert scores["accuracy"] == pytest.approx(2 / 4) and scores["count"] == 4
     assert scores["single_pass_accuracy"] == pytest.approx(3 / 4)
     assert scores["by_category"] == {"color": 0.5, "count": 0.5}
+
+
+def test_pope_task_reports_each_split_and_their_mean():
+    from mmtune.data.records import Message, Record
+    from mmtune.evaluation.runner import EvalItem
+    from mmtune.evaluation.tasks import score_pope
+
+    def item(split: str, label: str, answer: str) -> EvalItem:
+        made = EvalItem(Record(messages=(Message("user", "q"),)), [label], kind=split)
+        made.prediction = answer
+        return made
+
+    items = [item("random", "yes", "yes"), item("random", "no", "no"),
+             item("adversarial", "yes", "yes"), item("adversarial", "no", "yes")]
+    scores = score_pope(items)
+    assert scores["by_split"]["random"]["accuracy"] == 1.0 and scores["by_split"]["adversarial"]["accuracy"] == 0.5
+    assert scores["accuracy"] == pytest.approx(0.75) and scores["f1"] == pytest.approx((1.0 + 2 / 3) / 2)
