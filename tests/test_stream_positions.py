@@ -44,8 +44,9 @@ def test_ranges_round_trip_and_positions_merge_begun_units_first():
     b.commit([(0, 0, 4, 3, 0)])  # unit 4 begun at offset 3 (a shuffle buffer took it first)
     merged = Positions.merged([a.state(["s"]), b.state(["s"])], ["s"], [6], 0, keep=lambda s, e: True)
     assert merged.now[(0, 0)].done == {2} and merged.taken(0, 0, 4) == {3}
-    dealt = [merged.assigned(0, 0, r, 2) for r in range(2)]
+    dealt = [merged.dealt(0, 0, r, 2) for r in range(2)]
     assert dealt[0][0] == 4 and sorted(dealt[0] + dealt[1]) == [0, 1, 3, 4, 5]
+    assert Positions([1], seed=0).dealt(0, 0, 1, 2) is None  # a fresh epoch with nothing for reader 1
     with pytest.raises(DataError, match="source 's'.*were the sources changed"):
         Positions.merged([a.state(["s"])], ["t"], [6], 0, keep=lambda s, e: True)
     with pytest.raises(DataError, match="units of source 's' beyond its 2: were the sources changed"):
@@ -71,6 +72,28 @@ def test_elastic_resume_trains_every_sample_of_the_epoch_exactly_once(tmp_path, 
         assert loader.epoch == 1
     assert sorted(trained) == sorted(f"{tmp_path}/shards/{s:05d}.tar#{n:09d}" for s in range(10)
                                      for n in range(s * 7, s * 7 + 7))
+
+
+@pytest.mark.parametrize("batching, workers", [("padded", 0), ("grouped", 2), ("packed", 0)])
+def test_resume_on_the_same_ranks_and_workers_gives_exactly_the_uninterrupted_batches(tmp_path, tok, batching,
+                                                                                      workers):
+    """Readers rebuilt from their snapshots: shuffle buffer, packer and RNGs as they stood."""
+    text = write_json(tmp_path / "alpaca.json", alpaca_items(40))
+    sources = [_shards(tmp_path, 6, 7), SourceConfig(path=str(text), template="alpaca", exhausted="restart")]
+    cfg = config(sources, micro=2, template="caption", shuffle_buffer=5, workers=workers, batching=batching)
+    cfg.data.max_seq_len = 96
+    reference = list(caption_loader(cfg, tok))
+    first = caption_loader(cfg, tok)
+    it = iter(first)
+    taken = [next(it) for _ in range(5)]
+    resumed = caption_loader(cfg, tok)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    assert [b.keys for b in taken + rest] == [b.keys for b in reference]
+    for a, b in zip(taken + rest, reference):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+        assert (a.pixel_values is None) == (b.pixel_values is None)
+        assert a.pixel_values is None or torch.equal(a.pixel_values, b.pixel_values)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ Public API:
   epoch over sources of known size. ``weight`` multiplies a source's share: each epoch draws
   ``round(weight * size)`` of its entries (all of them once for 1.0, a fresh random half for 0.5, every
   entry twice for 2.0), and all draws are shuffled together with an RNG seeded by ``(seed, epoch)``.
-* :func:`interleave` ``(streams, weights, rng, stops=None)``: for streamed sources: the next item comes
+* :func:`interleave` ``(streams, weights, rng, stops=None, live=None)``: for streamed sources: the next item comes
   from a source drawn with probability proportional to its weight among the sources not yet exhausted;
   the interleaving ends when a stream marked in ``stops`` runs out.
 """
@@ -110,10 +110,11 @@ def epoch_order(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch
 
 
 def interleave(streams: Sequence[Iterator[T]], weights: Sequence[float], rng: np.random.Generator,
-               stops: Optional[Sequence[bool]] = None) -> Iterator[T]:
+               stops: Optional[Sequence[bool]] = None, live: Optional[list[int]] = None) -> Iterator[T]:
     """Items of ``streams``, each next one from a live stream drawn by weight (see the module docstring);
-    when a stream marked in ``stops`` runs out, the interleaving ends."""
-    live = list(range(len(streams)))
+    when a stream marked in ``stops`` runs out, the interleaving ends. ``live``: the streams still drawn
+    (updated in place; default: all)."""
+    live = list(range(len(streams))) if live is None else live
     while live:
         w = np.array([weights[i] for i in live], dtype=np.float64)
         pick = live[int(rng.choice(len(live), p=w / w.sum()))]

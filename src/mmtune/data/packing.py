@@ -9,7 +9,8 @@ Public API:
   restarts positions per sample, pads to ``length``.
 * :class:`Packer` ``(max_seq_len, pad_id, mode="packed", *, open_rows=4, group_size=64,
   pad_to_max=True)``: a streaming packer: ``push(sample) -> finished rows``, ``flush() -> the rest``,
-  ``stats`` (:class:`PackingStats`, with ``padding_fraction``), ``state_dict``/``load_state_dict``.
+  ``stats`` (:class:`PackingStats`, with ``padding_fraction``), ``state_dict``/``load_state_dict``,
+  ``row(samples)`` (the row it makes of them).
 * :func:`collate` ``(rows, image_transform=None) -> Batch``: the Batch of docs/architecture.md, with the
   rows' sample ``keys``. A row's images are references (decoded with ``image_transform``) or tensors
   already decoded (taken as they are).
@@ -196,9 +197,13 @@ class Packer:
         self._buffer = []
         return [self._emit([s]) for s in group]
 
-    def _emit(self, samples: list[EncodedSample]) -> Row:
+    def row(self, samples: list[EncodedSample]) -> Row:
+        """The row this packer makes of ``samples`` (uncounted)."""
         fixed = self.mode == "packed" or (self.mode == "padded" and self.pad_to_max)
-        row = build_row(samples, self.pad_id, self.max_seq_len if fixed else None)
+        return build_row(samples, self.pad_id, self.max_seq_len if fixed else None)
+
+    def _emit(self, samples: list[EncodedSample]) -> Row:
+        row = self.row(samples)
         self.stats.rows += 1
         self.stats.samples += len(samples)
         self.stats.tokens += row.num_tokens

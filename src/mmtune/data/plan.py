@@ -109,6 +109,8 @@ class Meta:
     stats: DataStats
     origins: tuple = ()
     """Stream mode: where the batch's samples (and the bad or skipped ones read before them) were read."""
+    snapshot: Optional[dict] = None
+    """Stream mode: the reader's state right after this batch (:meth:`mmtune.data.reader.Reader.snapshot`)."""
 
 
 def worker_slot() -> tuple[int, int]:

@@ -9,9 +9,10 @@ the unit, length)``, ``length`` being the unit's number of samples on its last s
 Public API:
 
 * :class:`Positions` ``(units, seed)``: ``commit(origins)`` (samples taken into trained batches),
-  ``assigned(s, e, reader, readers)`` (the units a reader still has to read, None when it gets none),
-  ``taken(s, e, unit)`` (offsets to skip), ``first_epoch(s)``, ``state(names)`` and
-  :meth:`Positions.merged` (the union of several readers' states, the base of a new deal).
+  ``dealt(s, e, reader, readers)`` (a reader's units, None when it gets none), ``done(s, e)``,
+  ``taken(s, e, unit)`` (offsets to skip), ``first_epoch(s)``, ``state(names)`` (what was trained on),
+  ``base_state(names)`` (the deal's base) and :meth:`Positions.merged` (the union of several readers'
+  states, the base of a new deal).
 * :func:`to_ranges` / :func:`from_ranges`: sets of ints as ``[[start, end), ...]``.
 
 A unit is *done* once every one of its samples was committed; a partly read unit keeps the set of
@@ -98,6 +99,10 @@ class _Progress:
         return out
 
 
+def _state(progress: dict[tuple[int, int], _Progress], names: Sequence[str]) -> list:
+    return [[names[s], e, *p.state()] for (s, e), p in sorted(progress.items())]
+
+
 def unit_order(seed: int, source: int, epoch: int, units: int) -> list[int]:
     """The seeded order of a source epoch's units (the same permutation stream mode always used)."""
     return np.random.default_rng([seed, epoch, source]).permutation(units).tolist()
@@ -106,30 +111,31 @@ def unit_order(seed: int, source: int, epoch: int, units: int) -> list[int]:
 class Positions:
     """What has been trained on, per (source, source epoch) (see the module docstring)."""
 
-    def __init__(self, units: Sequence[int], seed: int, base: Optional[dict[tuple[int, int], _Progress]] = None):
+    def __init__(self, units: Sequence[int], seed: int, base: Optional[dict[tuple[int, int], _Progress]] = None,
+                 now: Optional[dict[tuple[int, int], _Progress]] = None):
         self.units, self.seed = list(units), seed
         self.base = base or {}
-        self.now = copy.deepcopy(self.base)
+        self.now = copy.deepcopy(self.base) if now is None else now
 
     def commit(self, origins: Iterable[Origin]) -> None:
         """Marks these samples as trained on."""
         for s, e, unit, offset, length in origins:
             self.now.setdefault((s, e), _Progress()).add(unit, offset, length)
 
-    def assigned(self, s: int, e: int, reader: int, readers: int) -> Optional[list[int]]:
-        """The units of source ``s``'s epoch ``e`` that reader ``reader`` still has to read, in order;
-        None when the deal gives it none of a fresh epoch (so it never gets any of this source)."""
+    def dealt(self, s: int, e: int, reader: int, readers: int) -> Optional[list[int]]:
+        """The units of source ``s``'s epoch ``e`` dealt to reader ``reader``, in order (some may be
+        :meth:`done`); None when the deal gives it none of a fresh epoch (so it never gets any of this source)."""
         order = unit_order(self.seed, s, e, self.units[s])
         base = self.base.get((s, e))
         if base is None:
-            mine = order[reader::readers]
-            if not mine:
-                return None
-        else:
-            begun = sorted(base.taken)
-            mine = (begun + [u for u in order if u not in base.done and u not in base.taken])[reader::readers]
-        done = self.now[(s, e)].done if (s, e) in self.now else set()
-        return [u for u in mine if u not in done]
+            return order[reader::readers] or None
+        begun = sorted(base.taken)
+        return (begun + [u for u in order if u not in base.done and u not in base.taken])[reader::readers]
+
+    def done(self, s: int, e: int) -> set[int]:
+        """The units of source ``s``'s epoch ``e`` every sample of which was trained on."""
+        progress = self.now.get((s, e))
+        return progress.done if progress is not None else set()
 
     def taken(self, s: int, e: int, unit: int) -> set[int]:
         """Offsets of ``unit`` already trained on."""
@@ -144,7 +150,11 @@ class Positions:
 
     def state(self, names: Sequence[str]) -> list:
         """Plain values: ``[source name, source epoch, done runs, [[unit, length, taken runs], ...]]`` each."""
-        return [[names[s], e, *p.state()] for (s, e), p in sorted(self.now.items())]
+        return _state(self.now, names)
+
+    def base_state(self, names: Sequence[str]) -> list:
+        """:meth:`state` of the base the units were dealt from."""
+        return _state(self.base, names)
 
     @classmethod
     def merged(cls, states: Iterable[list], names: Sequence[str], units: Sequence[int], seed: int,

@@ -10,9 +10,12 @@ steps.
 
 Every sample carries its origin (source, source epoch, unit, offset); a batch's origins (and those of the
 bad or skipped samples read before it) are committed when the trainer takes the batch, so samples held in
-the shuffle buffer, the packer or a prefetched batch are not counted. The state is the union of the
-commits; resuming deals the units left over the readers there are now (any ranks x workers) and opens a
-partly read unit at its first untaken sample: what is read again is at most the rest of the units begun.
+the shuffle buffer, the packer or a prefetched batch are not counted. The state holds the commits, the
+base the units were dealt from and, per worker, the snapshot of its reader after the last batch taken
+(:mod:`mmtune.data.reader`). Resumed on the same ranks x workers, each reader is rebuilt from its
+snapshot and the batches are exactly those of the uninterrupted run. On other ranks or workers, the
+union of every rank's commits is the base of a new deal of the units left, and a partly read unit opens
+at its first untaken sample. Either way, what is read again is at most the rest of the units begun.
 
 Public API: :class:`StreamCursor` (the main process's side: position, state, the dataset of one epoch),
 :class:`ShardStream` (one epoch of a reader's micro-batches), :func:`stream_rows`.
@@ -20,19 +23,17 @@ Public API: :class:`StreamCursor` (the main process's side: position, state, the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-from typing import Any, Iterator
+from typing import Iterator, Optional
 
-import numpy as np
 from torch.utils.data import IterableDataset
 
 from mmtune.data.batch import Batch
-from mmtune.data.mixture import interleave
 from mmtune.data.packing import Row
 from mmtune.data.plan import Meta, Plan, worker_slot
 from mmtune.data.positions import UNIT_ENTRIES, Origin, Positions
+from mmtune.data.reader import Reader
 from mmtune.data.sources import ShardSource, Source
 from mmtune.data.stats import DataStats
 from mmtune.errors import ConfigError, DataError
@@ -47,90 +48,28 @@ def units_of(source: Source) -> int:
     return len(source.shards) if isinstance(source, ShardSource) else math.ceil(len(source) / UNIT_ENTRIES)
 
 
-def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        k = int(rng.integers(len(buffer)))
-        yield buffer[k]
-        buffer[k] = item
-    rng.shuffle(buffer)  # type: ignore[arg-type]
-    yield from buffer
-
-
-def _unit_items(plan: Plan, s: int, e: int, unit: int) -> Iterator[Any]:
-    source = plan.sources[s]
-    if isinstance(source, ShardSource):
-        return source.read(source.shards[unit])
-    entries = np.random.default_rng([plan.seed, e, s, 1]).permutation(len(source))
-    block = entries[unit * UNIT_ENTRIES:(unit + 1) * UNIT_ENTRIES].tolist()
-    return (source.record(i, e, plan.seed) for i in block)
-
-
-def read_unit(plan: Plan, s: int, e: int, unit: int, taken: set[int]) -> Iterator[tuple[Any, Origin]]:
-    """The samples of one unit not in ``taken``, each with its origin (the last one carries the length)."""
-    items = _unit_items(plan, s, e, unit)
-    held, offset = next(items, None), 0
-    while held is not None:
-        following = next(items, None)
-        if offset not in taken:
-            yield held, (s, e, unit, offset, offset + 1 if following is None else 0)
-        held, offset = following, offset + 1
-
-
-def source_items(plan: Plan, positions: Positions, s: int, epoch: int, reader: int, readers: int
-                 ) -> Iterator[tuple[Any, Origin]]:
-    """A reader's samples of source ``s``: its units of run epoch ``epoch`` (``stop``), or of one source
-    epoch after the other (``restart``)."""
-    restart = plan.sources[s].exhausted == "restart"
-    e = positions.first_epoch(s) if restart else epoch
-    while True:
-        units = positions.assigned(s, e, reader, readers)
-        if units is None:
-            return
-        for unit in units:
-            yield from read_unit(plan, s, e, unit, positions.taken(s, e, unit))
-        if not restart:
-            return
-        e += 1
-
-
 class ShardStream(IterableDataset):
-    """Stream mode: the micro-batches of reader ``rank * workers + worker`` for one epoch; with
+    """Stream mode: the micro-batches of reader ``rank * workers + worker`` for one epoch, from the
+    worker's ``snapshots`` entry when there is one (same ranks x workers: exactly where it stood); with
     ``replay`` (a version-1 state), the first ``replay[worker]`` micro-batches are made but not yielded."""
 
-    def __init__(self, plan: Plan, epoch: int, positions: Positions, replay: tuple[int, ...] = ()):
+    def __init__(self, plan: Plan, epoch: int, positions: Positions, replay: tuple[int, ...] = (),
+                 snapshots: tuple[Optional[dict], ...] = (), first: int = 0):
         self.plan, self.epoch, self.positions, self.replay = plan, epoch, positions, replay
+        self.snapshots, self.first = snapshots, first
 
     def __iter__(self) -> Iterator[tuple[Batch, Meta]]:
-        w, n = worker_slot()
-        plan, reader, readers = self.plan, self.plan.rank * n + w, self.plan.world * n
-        streams = [source_items(plan, self.positions, s, self.epoch, reader, readers)
-                   for s in range(len(plan.sources))]
-        mixed = interleave(streams, [s.weight for s in plan.sources],
-                           np.random.default_rng([plan.seed, self.epoch, reader, 1]),
-                           [s.exhausted == "stop" for s in plan.sources])
-        items = _shuffled(mixed, plan.shuffle_buffer, np.random.default_rng([plan.seed, self.epoch, reader, 2]))
-        yield from self._batches(items, w)
+        slot, n = worker_slot()
+        w = (slot + self.first) % n  # the DataLoader asks its workers in turn from 0: start with ``first``
+        snapshot = self.snapshots[w] if w < len(self.snapshots) else None
+        reader = Reader(self.plan, self.positions, self.epoch, self.plan.rank * n + w, self.plan.world * n, snapshot)
+        yield from self._batches(reader, w, snapshot["made"] if snapshot else 0)
 
-    def _rows(self, items: Iterator[tuple[Any, Origin]], stats: DataStats, dropped: list[Origin]) -> Iterator[Row]:
-        packer = self.plan.packer()
-        for item, origin in items:
-            sample = self.plan.encode(item, stats)
-            if sample is None:
-                dropped.append(origin)
-            else:
-                yield from packer.push(dataclasses.replace(sample, origin=origin))
-        yield from packer.flush()
-
-    def _batches(self, items: Iterator[tuple[Any, Origin]], w: int) -> Iterator[tuple[Batch, Meta]]:
+    def _batches(self, reader: Reader, w: int, made: int) -> Iterator[tuple[Batch, Meta]]:
         stats, dropped, pending = DataStats(), [], []
         skip = self.replay[w] if w < len(self.replay) else 0
         chunk: list[Row] = []
-        made = 0
-        for row in self._rows(items, stats, dropped):
+        for row in reader.rows(stats, dropped):
             chunk.append(row)
             if len(chunk) < self.plan.micro:
                 continue
@@ -138,18 +77,20 @@ class ShardStream(IterableDataset):
             pending += dropped + [o for r in chunk for o in r.origins]
             dropped.clear()
             if made > skip:
-                yield self._batch(chunk, stats, w, made, pending)
+                yield self._batch(chunk, stats, w, made, pending, reader)
                 pending = []
             else:
                 stats.take()
             chunk = []
         if chunk and made + 1 > skip:
-            yield self._batch(chunk, stats, w, made + 1, pending + dropped + [o for r in chunk for o in r.origins])
+            origins = pending + dropped + [o for r in chunk for o in r.origins]
+            yield self._batch(chunk, stats, w, made + 1, origins, reader)
 
-    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int, origins: list[Origin]
-               ) -> tuple[Batch, Meta]:
+    def _batch(self, rows: list[Row], stats: DataStats, worker: int, made: int, origins: list[Origin],
+               reader: Reader) -> tuple[Batch, Meta]:
         delta = stats.take()
-        return self.plan.collate(rows, delta), Meta(worker, (self.epoch, made), False, delta, tuple(origins))
+        snapshot = {**reader.snapshot(), "made": made}
+        return self.plan.collate(rows, delta), Meta(worker, (self.epoch, made), False, delta, tuple(origins), snapshot)
 
 
 class StreamCursor:
@@ -162,26 +103,34 @@ class StreamCursor:
         self.epoch = 0
         self.positions = Positions(self.units, plan.seed)
         self.replay: tuple[int, ...] = ()
+        self.snapshots: list[Optional[dict]] = [None] * workers
+        self._resume: tuple[Optional[dict], ...] = ()
         self._consumed = [0] * workers
+        self._next = 0
 
     def dataset(self) -> ShardStream:
         """This rank's micro-batches of the current epoch, from the current position."""
-        return ShardStream(self.plan, self.epoch, self.positions, self.replay)
+        return ShardStream(self.plan, self.epoch, self.positions, self.replay, self._resume, self._next)
 
     def taken(self, meta: Meta) -> None:
         """The trainer took the batch ``meta`` came with."""
         self.positions.commit(meta.origins)
         self._consumed[meta.worker] = meta.position[1]
+        self.snapshots[meta.worker] = meta.snapshot
+        self._next = (meta.worker + 1) % self.workers
 
     def end_epoch(self) -> None:
         """This rank's readers finished the epoch."""
         self.epoch += 1
-        self.replay = ()
+        self.replay, self._resume, self._next = (), (), 0
         self._consumed = [0] * self.workers
+        self.snapshots = [None] * self.workers
 
     def state_dict(self) -> dict:
-        """The epoch and this rank's committed positions, as plain values."""
+        """The epoch, this rank's committed positions, the base of the deal and each worker's reader
+        snapshot, as plain values."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "positions": self.positions.state(self.names),
+                "base": self.positions.base_state(self.names), "snapshots": list(self.snapshots), "next": self._next,
                 "split": [self.plan.world, self.workers]}
 
     def load_state_dicts(self, states: list[dict], own: int) -> None:
@@ -193,8 +142,19 @@ class StreamCursor:
                             f"fit this loader (version {STATE_VERSION})")
         self.epoch = min(int(state["epoch"]) for state in states)
         stops = [s.exhausted == "stop" for s in self.plan.sources]
-        self.positions = Positions.merged([state["positions"] for state in states], self.names, self.units,
-                                          self.plan.seed, keep=lambda s, e: not stops[s] or e >= self.epoch)
+
+        def union(key: str) -> Positions:
+            return Positions.merged([state[key] for state in states], self.names, self.units, self.plan.seed,
+                                    keep=lambda s, e: not stops[s] or e >= self.epoch)
+
+        now = union("positions")
+        if all(state["split"] == [self.plan.world, self.workers] for state in states):
+            self.positions = Positions(self.units, self.plan.seed, union("base").base, now.base)
+            self.epoch = int(states[own]["epoch"])
+            self._resume = tuple(states[own]["snapshots"])  # the same readers: exactly where they stood
+            self._next = int(states[own]["next"])
+        else:
+            self.positions = now  # other readers: what is left is dealt again
 
     def _load_version_1(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
