@@ -1,7 +1,8 @@
 """Exactly once across a change of world size: ``torchrun`` with 2 ranks x 2 loader workers, killed with
 SIGKILL mid-epoch after a checkpoint, resumed on 1 rank x 3 workers and run past the epoch; the
 ``samples/`` logs (``data.log_samples``) of both runs, the resumed one counted from its checkpoint on,
-hold every sample of epoch 0 exactly once. Stream mode (webdataset shards) and map mode (a manifest)."""
+hold every sample of epoch 0 exactly once. Stream mode (webdataset shards) and map mode (a manifest). And
+a stream resumed on the same 2 x 2 repeats the killed run's steps exactly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers_reliability import fast_tokenizer, kill_when, mmtune, start, write_config, write_manifest, write_shards
+from helpers_reliability import (
+    fast_tokenizer,
+    kill_when,
+    mmtune,
+    read_metrics,
+    start,
+    write_config,
+    write_manifest,
+    write_shards,
+)
 from mmtune.training import checkpoint as ckpt
 
 SAVE_EVERY = 4
@@ -64,6 +74,28 @@ def test_map_mode_two_by_two_killed_resumed_one_by_three_trains_each_sample_once
     manifest = write_manifest(tmp_path / "data", 40)
     counts, step = _killed_and_resumed(tmp_path, [{"path": str(manifest), "kind": "manifest"}], epoch_steps=40 // 4)
     assert set(counts) == {f"{manifest}:{i}" for i in range(40)} and set(counts.values()) == {1}, step
+
+
+def test_stream_mode_killed_and_resumed_on_the_same_layout_repeats_the_killed_runs_steps(tmp_path):
+    """2 x 2 killed after its step-4 checkpoint and two more steps, resumed on 2 x 2: every step the killed
+    run took after its checkpoint trains on the same samples again, with the same loss."""
+    write_shards(tmp_path / "shards", 12, 8)
+    sources = [{"path": str(tmp_path / "shards/{00000..00011}.tar"), "kind": "webdataset", "num_samples": 96}]
+    cfg, run, rank0 = _config(tmp_path, "same", sources, 2, 20), tmp_path / "run", tmp_path / "run/samples/rank0.jsonl"
+    first = start("train", str(cfg), nproc=2, log=tmp_path / "first.log")
+    saved = ckpt.checkpoint_root(run) / f"step_{SAVE_EVERY:08d}"
+    killed = kill_when(first, lambda: ckpt.is_checkpoint(saved) and len(_lines(rank0)) >= SAVE_EVERY + 2, timeout=300)
+    assert killed and ckpt.resolve_resume("auto", run) == saved, (tmp_path / "first.log").read_text()[-3000:]
+    before = {p.name: _lines(p) for p in sorted((run / "samples").glob("rank*.jsonl"))}
+    losses = {r["step"]: r["loss"] for r in read_metrics(run)}
+    done = mmtune("train", str(cfg), "--resume", "auto", nproc=2, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, lines in before.items():
+        again = {r["step"]: r for r in _lines(run / "samples" / name)[len(lines):]}
+        repeated = [r for r in lines if r["step"] > SAVE_EVERY]
+        assert repeated and all(again[r["step"]] == r for r in repeated), name
+    after = {r["step"]: r["loss"] for r in read_metrics(run)[len(losses):]}
+    assert all(after[step] == loss for step, loss in losses.items() if step > SAVE_EVERY)
 
 
 @pytest.fixture(autouse=True)
