@@ -148,7 +148,7 @@ class StreamCursor:
                                     keep=lambda s, e: not stops[s] or e >= self.epoch)
 
         now = union("positions")
-        if all(state["split"] == [self.plan.world, self.workers] for state in states):
+        if all(state["split"] == [self.plan.world, self.workers] and "snapshots" in state for state in states):
             self.positions = Positions(self.units, self.plan.seed, union("base").base, now.base)
             self.epoch = int(states[own]["epoch"])
             self._resume = tuple(states[own]["snapshots"])  # the same readers: exactly where they stood
