@@ -215,3 +215,12 @@ def test_a_stream_saved_after_the_last_batch_of_an_epoch_resumes_into_the_next_e
     resumed.load_state_dict(first.state_dict())
     batches = list(resumed)
     assert batches and {b.epoch for b in batches} == {1} and sorted(_keys(batches)) == sorted(epoch0)
+
+
+def test_bad_and_skipped_samples_count_as_taken_with_the_next_batch(tmp_path, tok):
+    write_shards(tmp_path / "shards", 2, 5, no_caption_keys=("000000001", "000000007"))
+    source = SourceConfig(path=f"{tmp_path}/shards/{{00000..00001}}.tar", num_samples=10)
+    loader = caption_loader(config([source], micro=2, template="caption", max_bad_fraction=0.5), tok)
+    assert len(_keys(loader)) == 8
+    (name, epoch, done, begun), = loader.state_dict()["positions"]
+    assert (epoch, done, begun) == (0, [[0, 2]], [])  # both shards done: their bad samples were counted
