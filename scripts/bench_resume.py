@@ -7,7 +7,7 @@ loader process, ``data.shuffle_buffer`` 1000, 8 rows per micro-batch).
 ``--src`` runs another checkout's loader on the same shards (the "before" figures of docs/benchmarks.md:
 a checkout whose streams resume by replaying the epoch). The position is reached by iterating a loader
 to it and taking its ``state_dict()``; the timed part is ``load_state_dict`` plus the first batch of a
-fresh loader. Prints one JSON line per position.
+fresh loader. Prints one JSON line per position, with the loader's rate while it ran to the position.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def measure(pattern: str) -> None:
     for share in (0.1, 0.9):
         first = build_loader(cfg, processor, rank=0, world_size=1, seed=0)
         batches = iter(first)
+        started = time.perf_counter()
         for _ in range(int(share * SHARDS * PER_SHARD) // MICRO):
             next(batches)
+        reach_s = time.perf_counter() - started
         state = first.state_dict()
         read[0] = 0
         started = time.perf_counter()
@@ -80,7 +82,8 @@ def measure(pattern: str) -> None:
         resumed.load_state_dict(state)
         next(iter(resumed))
         print(json.dumps({"position": f"{int(share * 100)}%", "samples_before_first_batch": read[0],
-                          "resume_s": round(time.perf_counter() - started, 2)}), flush=True)
+                          "resume_s": round(time.perf_counter() - started, 2),
+                          "samples_per_s_to_reach_it": round(share * SHARDS * PER_SHARD / reach_s)}), flush=True)
 
 
 def main() -> None:

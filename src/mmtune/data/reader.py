@@ -111,7 +111,8 @@ class Reader:
         self.mix_rng = np.random.default_rng([plan.seed, epoch, reader, 1])
         self.shuffle_rng = np.random.default_rng([plan.seed, epoch, reader, 2])
         self.live = list(range(len(plan.sources)))
-        self.buffer: list[tuple[Any, Origin]] = []
+        self.buffer: list[Any] = []
+        self.buffered: list[Origin] = []  # the origins of ``buffer``'s items, kept beside it (cheap snapshots)
         self.flushing = False
         self.packer = plan.packer()
         self.ready: list[Row] = []
@@ -144,27 +145,30 @@ class Reader:
                 self.ready += self.packer.push(dataclasses.replace(sample, origin=pulled[1]))
 
     def _shuffled(self, items: Iterator[tuple[Any, Origin]]) -> Iterator[tuple[Any, Origin]]:
-        size, buffer = self.plan.shuffle_buffer, self.buffer
+        size, buffer, buffered = self.plan.shuffle_buffer, self.buffer, self.buffered
         if not self.flushing:
-            for item in items:
+            for item, origin in items:
                 if len(buffer) < size:
                     buffer.append(item)
+                    buffered.append(origin)
                     continue
                 k = int(self.shuffle_rng.integers(len(buffer)))
-                out, buffer[k] = buffer[k], item
+                out = buffer[k], buffered[k]
+                buffer[k], buffered[k] = item, origin
                 yield out
-            self.shuffle_rng.shuffle(buffer)  # type: ignore[arg-type]
-            buffer.reverse()
+            pairs = list(zip(buffer, buffered))
+            self.shuffle_rng.shuffle(pairs)  # type: ignore[arg-type]
+            buffer[:], buffered[:] = [p[0] for p in pairs[::-1]], [p[1] for p in pairs[::-1]]
             self.flushing = True
         while buffer:
-            yield buffer.pop()
+            yield buffer.pop(), buffered.pop()
 
     def snapshot(self) -> dict:
         """The reader's state between two batches, as plain values."""
         packer = self.packer.state_dict()
         return {"mix_rng": self.mix_rng.bit_generator.state, "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "live": list(self.live), "flushing": self.flushing, "cursors": [u.cursor for u in self.units],
-                "buffer": [origin for _, origin in self.buffer],
+                "buffer": list(self.buffered),
                 "bins": [[s.origin for s in samples] for samples in packer["bins"]],
                 "grouped": [s.origin for s in packer["buffer"]], "ready": [list(r.origins) for r in self.ready]}
 
@@ -176,7 +180,8 @@ class Reader:
         held = [*snap["buffer"], *(o for b in snap["bins"] for o in b), *snap["grouped"],
                 *(o for r in snap["ready"] for o in r)]
         items = fetch(self.plan, held)
-        self.buffer = [(items[tuple(o)], tuple(o)) for o in snap["buffer"]]
+        self.buffered = [tuple(o) for o in snap["buffer"]]  # type: ignore[misc]
+        self.buffer = [items[o] for o in self.buffered]
 
         def encoded(origin: list) -> EncodedSample:
             sample = self.plan.encode(items[tuple(origin)], DataStats())
