@@ -188,6 +188,7 @@ def test_samples_log_is_off_by_default_and_writes_one_line_per_step_and_epoch(tm
     assert DataConfig().log_samples is False
     SamplesLog(tmp_path / "off", 0, False).write(1, [])
     assert not (tmp_path / "off").exists()
+    assert SamplesLog(tmp_path, 3, True, tp=2).path is None  # its tensor-parallel peer, rank 2, writes
     log = SamplesLog(tmp_path, 3, True)
     empty = Batch.from_tensors(*[torch.zeros(1, 1, dtype=torch.long)] * 4)
     log.write(7, [dataclasses.replace(empty, keys=("a", "b"), epoch=0),

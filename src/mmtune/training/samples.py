@@ -3,7 +3,8 @@
 ``samples/rank{R}.jsonl`` in the run directory gets one JSON line per optimizer step,
 ``{"step": S, "epoch": E, "keys": [...]}`` (``R`` the global rank, epochs from 0, the keys of the step's
 micro-batches in order: :attr:`mmtune.data.batch.Batch.keys`); a step whose micro-batches belong to two
-epochs gets one line per epoch. A resumed run appends to the same files.
+epochs gets one line per epoch. A resumed run appends to the same files. With tensor parallelism only
+the first rank of each tensor-parallel group writes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from mmtune.data.batch import Batch
 
 
 class SamplesLog:
-    """Appends a step's keys to ``output_dir/samples/rank{rank}.jsonl`` when ``enabled``."""
+    """Appends a step's keys to ``output_dir/samples/rank{rank}.jsonl`` when ``enabled``; with tensor
+    parallelism of degree ``tp`` only the first rank of each group writes (its peers train on the same
+    samples)."""
 
-    def __init__(self, output_dir: Path, rank: int, enabled: bool):
-        self.path = Path(output_dir) / "samples" / f"rank{rank}.jsonl" if enabled else None
+    def __init__(self, output_dir: Path, rank: int, enabled: bool, tp: int = 1):
+        self.path = Path(output_dir) / "samples" / f"rank{rank}.jsonl" if enabled and rank % tp == 0 else None
 
     def write(self, step: int, batches: list[Batch]) -> None:
         """One line per epoch among ``batches`` (usually one), written in a single append."""

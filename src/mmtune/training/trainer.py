@@ -196,7 +196,7 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
         metrics = MetricsLogger(self.out, self.env.is_main, self.total_steps, self.step)
         batches = self._batches()
-        samples = SamplesLog(self.out, self.env.rank, self.cfg.data.log_samples)
+        samples = SamplesLog(self.out, self.env.rank, self.cfg.data.log_samples, self.env.tp)
         log.info("training steps %d..%d: %d micro-batches of %d rows per rank and step, %d ranks",
                  self.step + 1, self.total_steps, self.accum, self.cfg.training.micro_batch_size,
                  self.env.world_size)
