@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import Counter
 
 import pytest
 import torch
@@ -87,7 +88,7 @@ def test_resume_on_the_same_ranks_and_workers_gives_exactly_the_uninterrupted_ba
     it = iter(first)
     taken = [next(it) for _ in range(5)]
     resumed = caption_loader(cfg, tok)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # plain values
     rest = list(resumed)
     assert [b.keys for b in taken + rest] == [b.keys for b in reference]
     for a, b in zip(taken + rest, reference):
@@ -225,3 +226,24 @@ def test_bad_and_skipped_samples_count_as_taken_with_the_next_batch(tmp_path, to
     assert len(_keys(loader)) == 8
     (name, epoch, done, begun), = loader.state_dict()["positions"]
     assert (epoch, done, begun) == (0, [[0, 2]], [])  # both shards done: their bad samples were counted
+
+
+def test_elastic_resume_with_a_restarting_source_keeps_the_stop_source_exactly_once(tmp_path, tok):
+    text = write_json(tmp_path / "alpaca.json", alpaca_items(30))
+    sources = [_shards(tmp_path, 8, 6), SourceConfig(path=str(text), template="alpaca", exhausted="restart")]
+    cfg = config(sources, micro=2, template="caption", shuffle_buffer=4)
+    trained, states = [], []
+    for rank in range(2):
+        loader = caption_loader(cfg, tok, rank, 2)
+        it = iter(loader)
+        trained += _keys(next(it) for _ in range(4))
+        states.append(loader.state_dict())
+    cfg.data.num_workers = 2
+    loader = caption_loader(cfg, tok)
+    loader.load_state_dicts(states, 0)
+    trained += _keys(loader)
+    shards = [k for k in trained if "#" in k]
+    assert sorted(shards) == sorted(f"{tmp_path}/shards/{s:05d}.tar#{n:09d}" for s in range(8)
+                                    for n in range(s * 6, s * 6 + 6))
+    counts = Counter(k for k in trained if "#" not in k)
+    assert max(counts.values()) - min(counts.values()) <= 1  # its epochs each read every entry once
