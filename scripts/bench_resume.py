@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD, MICRO = 1000, 10, 8
@@ -42,6 +43,17 @@ def write_shards(folder: Path) -> str:
     return str(folder / f"{{00000..{SHARDS - 1:05d}}}.tar")
 
 
+def counting(read_shard: Callable, count: list[int]) -> Callable:
+    """``read_shard`` adding the samples it reads to ``count[0]`` (tests/test_stream_positions.py uses it too)."""
+
+    def reading(url: str, opts: Any) -> Iterator[Any]:
+        for item in read_shard(url, opts):
+            count[0] += 1
+            yield item
+
+    return reading
+
+
 def measure(pattern: str) -> None:
     """Prints ``{"position", "samples_before_first_batch", "resume_s"}`` for 10% and 90% of the epoch."""
     import mmtune.data.sources as sources
@@ -53,14 +65,7 @@ def measure(pattern: str) -> None:
     from mmtune.models.vision import ImageSettings
 
     read = [0]
-    real = sources.read_shard
-
-    def counting(url, opts):
-        for item in real(url, opts):
-            read[0] += 1
-            yield item
-
-    sources.read_shard = counting
+    sources.read_shard = counting(sources.read_shard, read)
     cfg = Config()
     cfg.data.sources = [SourceConfig(path=pattern, kind="webdataset", num_samples=SHARDS * PER_SHARD)]
     cfg.data.template, cfg.data.batching, cfg.data.max_seq_len, cfg.data.num_workers = "caption", "padded", 32, 0

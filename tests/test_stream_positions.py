@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,8 @@ from mmtune.data.loader import summary
 from mmtune.data.positions import Positions, from_ranges, to_ranges
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +104,11 @@ def test_resume_on_the_same_ranks_and_workers_gives_exactly_the_uninterrupted_ba
 @pytest.fixture
 def counted_reads(monkeypatch):
     """Counts the samples read out of shards (in this process: workers=0)."""
+    spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "scripts" / "bench_resume.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     count = [0]
-    real = sources_module.read_shard
-
-    def reading(url, opts):
-        for item in real(url, opts):
-            count[0] += 1
-            yield item
-
-    monkeypatch.setattr(sources_module, "read_shard", reading)
+    monkeypatch.setattr(sources_module, "read_shard", bench.counting(sources_module.read_shard, count))
     return count
 
 
