@@ -16,7 +16,7 @@ def test_llava_to_single_turn_through_the_cli(tmp_path, capsys):
     items[1]["conversations"].append({"from": "human", "value": "left over"})
     src = write_json(tmp_path / "llava.json", items)
     code = cli.main(["data", "llava-to-single-turn", str(src), str(tmp_path / "out.json"), "--image-prefix",
-                     "/data/coco/", "--no-progress"])
+                     "/data/coco/", "--no-progress", "--max-bad-fraction", "0.5"])
     captured = capsys.readouterr()
     assert code == 0
     assert "2 records -> 4 single-turn records" in captured.out
@@ -31,6 +31,28 @@ def test_converter_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "input file not found" in err
     assert cli.main(["data", "llava-to-single-turn", "a", "b", "--training.lr", "1"]) == 2
+
+
+def test_converter_exits_1_with_the_count_when_no_record_converts(tmp_path, capsys):
+    src = write_json(tmp_path / "bad.json", [{"id": "a"}, {"id": "b", "conversations": "text"}, 3])
+    code = cli.main(["data", "llava-to-single-turn", str(src), str(tmp_path / "out.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no record could be converted (3 of 3 records have a problem)" in err
+    assert json.loads((tmp_path / "out.json").read_text()) == []
+
+
+def test_converter_exits_1_past_max_bad_fraction(tmp_path, capsys):
+    items = llava_items(9, ["a.jpg"]) + [{"id": "broken"}]
+    src = write_json(tmp_path / "llava.json", items)
+    out = str(tmp_path / "out.json")
+    assert cli.main(["data", "llava-to-single-turn", str(src), out, "--no-progress"]) == 1
+    assert "1 of 10 records have a problem (10.0%, above --max-bad-fraction 0.01)" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "out.json").read_text())) == 9
+    assert cli.main(["data", "llava-to-single-turn", str(src), out, "--no-progress",
+                     "--max-bad-fraction", "0.1"]) == 0
+    assert cli.main(["data", "llava-to-single-turn", str(src), out, "--max-bad-fraction", "2"]) == 2
+    assert "--max-bad-fraction" in capsys.readouterr().err
 
 
 def _config(tmp_path, llama_tokenizer_dir) -> str:

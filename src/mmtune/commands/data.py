@@ -68,13 +68,20 @@ class ConvertCommand:
                                  "LLaMA2-Accessory's tools/llava_to_single_turn.py")
         parser.add_argument("--image-prefix", default=None, metavar="PREFIX",
                             help="text put before every image path (e.g. /data/coco/train2017/)")
+        parser.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
+                            help="exit with code 1 when more than this share of the input records has a "
+                                 "problem (default: 0.01, as data.max_bad_fraction); the output is written")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        """Converts and prints a summary (problems on stderr)."""
+        """Converts and prints a summary (problems on stderr); 1 when nothing was converted or more than
+        ``--max-bad-fraction`` of the records had a problem."""
         from mmtune.data.convert import llava_to_single_turn
+        from mmtune.errors import ConfigError
 
+        if not 0.0 <= args.max_bad_fraction <= 1.0:
+            raise ConfigError("--max-bad-fraction", args.max_bad_fraction, "a number in [0, 1]")
         report = llava_to_single_turn(args.input, args.output, strip_newlines=args.strip_newlines,
                                       image_prefix=args.image_prefix, progress=not args.no_progress)
         for example in report.examples:
@@ -83,6 +90,15 @@ class ConvertCommand:
             print(f"warning: ... {report.problems - len(report.examples)} more problems", file=sys.stderr)
         print(f"{report.records} records -> {report.written} single-turn records in {args.output} "
               f"({report.problems} problems)")
+        if not report.written:
+            print(f"error: no record could be converted ({report.bad_records} of {report.records} records "
+                  "have a problem)", file=sys.stderr)
+            return 1
+        if report.bad_fraction > args.max_bad_fraction:
+            print(f"error: {report.bad_records} of {report.records} records have a problem "
+                  f"({100 * report.bad_fraction:.1f}%, above --max-bad-fraction {args.max_bad_fraction:g})",
+                  file=sys.stderr)
+            return 1
         return 0
 
 

@@ -42,7 +42,9 @@ class ConvertReport:
     written: int = 0
     """Single-turn records written."""
     problems: int = 0
-    """Records with an odd number of turns, turns out of order or non-text values."""
+    """Problems found: an odd number of turns, turns out of order, non-text values (a record may have several)."""
+    bad_records: int = 0
+    """Input records with at least one problem."""
     examples: list[str] = field(default_factory=list)
     """The first :data:`MAX_PROBLEMS` problems."""
 
@@ -51,6 +53,11 @@ class ConvertReport:
         self.problems += 1
         if len(self.examples) < MAX_PROBLEMS:
             self.examples.append(message)
+
+    @property
+    def bad_fraction(self) -> float:
+        """Records with a problem over records read (0 before any)."""
+        return self.bad_records / self.records if self.records else 0.0
 
 
 def iter_json_array(stream: IO[bytes]) -> Iterator[Any]:
@@ -125,10 +132,12 @@ def llava_to_single_turn(src: str | Path, dst: str | Path, *, strip_newlines: bo
             open(dst, "w", encoding="utf-8") as out:
         out.write("[")
         for item in iter_json_array(stream):
+            problems = report.problems
             for record in split_record(item, report, strip_newlines=strip_newlines, image_prefix=image_prefix):
                 out.write(", " if report.written else "")
                 out.write(json.dumps(record))
                 report.written += 1
             report.records += 1
+            report.bad_records += int(report.problems > problems)
         out.write("]")
     return report
