@@ -2,10 +2,11 @@
 
 Public API:
 
-* :func:`load_image` ``(ref, max_pixels) -> PIL.Image`` (RGB): decodes JPEG/PNG/WebP/... bytes, a path,
-  or a PIL image; honours the EXIF orientation; converts palette, alpha (composited on white),
-  grayscale and CMYK images to RGB; refuses images with more than ``max_pixels`` pixels *before*
-  decoding them (decompression-bomb guard). Unreadable data raises :class:`~mmtune.errors.DataError`.
+* :func:`load_image` ``(ref, max_pixels) -> PIL.Image`` (RGB): decodes JPEG/PNG/WebP/... bytes, a path
+  (local, or a URL read like remote shards: :func:`~mmtune.data.sources.paths.open_binary`), or a PIL
+  image; honours the EXIF orientation; converts palette, alpha (composited on white), grayscale and
+  CMYK images to RGB; refuses images with more than ``max_pixels`` pixels *before* decoding
+  them (decompression-bomb guard). Unreadable data raises :class:`~mmtune.errors.DataError`.
 * :func:`to_square` ``(image, size, mode, mean) -> PIL.Image``: ``center_crop`` (short side to
   ``size``, then a centred crop), ``pad`` (pad to a square with the mean colour, then resize; LLaVA's
   ``expand2square``) or ``resize`` (stretch); bicubic throughout.
@@ -38,6 +39,7 @@ from mmtune.data.badrecords import BadRecord
 from mmtune.data.encode import IGNORE_INDEX
 from mmtune.data.packing import Row
 from mmtune.data.records import ImageRef
+from mmtune.data.sources.paths import is_remote, open_binary
 from mmtune.data.stats import DataStats
 from mmtune.errors import ConfigError, DataError
 
@@ -61,6 +63,9 @@ def _open(ref: ImageRef) -> Image.Image:
         return ref
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return Image.open(io.BytesIO(bytes(ref)))
+    if isinstance(ref, str) and is_remote(ref):
+        with open_binary(ref) as stream:
+            return Image.open(io.BytesIO(stream.read()))
     if isinstance(ref, (str, Path)):
         if not Path(ref).is_file():
             raise DataError(f"image file not found: {ref}")

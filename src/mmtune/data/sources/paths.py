@@ -6,8 +6,10 @@ Public API:
   (``shards/{00000..00099}.tar``, ``{a,b}.json``) and, for local paths, globs (``shards/*.tar``); the
   order is kept (globs sorted). A local path that does not exist raises :class:`DataError`.
 * :func:`open_binary` ``(url) -> file``: a streamed binary reader: ``pipe:CMD`` runs a shell command
-  and reads its stdout (webdataset's convention, e.g. ``pipe:aws s3 cp s3://b/000.tar -``), a URL with
-  a scheme (``s3://``, ``gs://``, ``https://``, ...) goes through fsspec, anything else is a local file.
+  and reads its stdout (webdataset's convention, e.g. ``pipe:aws s3 cp s3://b/000.tar -``), ``http(s)://``
+  is read with the standard library and a URL with another scheme (``s3://``, ``gs://``, ...) through
+  fsspec, both resumed where they stopped when a connection drops
+  (:func:`~mmtune.data.sources.remote.open_remote`); anything else is a local file.
 * :func:`is_remote`, :func:`resolve` (a relative path against a root).
 """
 
@@ -61,17 +63,13 @@ def expand(spec: str) -> list[str]:
 
 def open_binary(url: str) -> IO[bytes]:
     """A binary stream of ``url``, read as it arrives (never loaded whole)."""
+    if is_remote(url):
+        from mmtune.data.sources.remote import open_remote
+
+        return open_remote(url)
     try:
-        if url.startswith("pipe:"):
-            from webdataset import gopen
-
-            return gopen(url, "rb")
-        if is_remote(url):
-            import fsspec
-
-            return fsspec.open(url, "rb").open()
         return open(_local(url), "rb")
-    except (OSError, ValueError, ImportError) as exc:
+    except OSError as exc:
         raise DataError(f"cannot open {url}: {exc}") from None
 
 

@@ -8,9 +8,11 @@ Public API:
 
 * :func:`read_shard` ``(url, opts) -> Iterator[Record | BadRecord]``: the samples of one shard in order.
   A sample without an image or caption, or with an undecodable ``.json``/``.txt``, is a bad record
-  located at ``shard:key``; a truncated or corrupt tar ends the shard with one bad record located at the
-  last key read. Image bytes are kept encoded (decoded later, in the loader's workers). A record's
-  ``extra["identity"]`` is ``shard#key``.
+  located at ``shard:key``; a truncated or corrupt tar, or a remote shard whose connection dropped more
+  often than :data:`~mmtune.data.sources.remote.RETRIES`, ends the shard with one bad record located at
+  the first key not read, its reason naming the sample offset where the rest was skipped. Image bytes
+  are kept encoded (decoded later, in the loader's workers). A record's ``extra["identity"]`` is
+  ``shard#key``.
 * :func:`stats_url` ``(url) -> str | None``: the ``{shard}_stats.json`` img2dataset writes next to shard
   ``{shard}.tar`` (None for a ``pipe:`` command); :func:`shard_successes` ``(url) -> int | None``: its
   ``successes`` field, the number of samples written into the shard (None when there is no such file).
@@ -73,6 +75,7 @@ def read_shard(url: str, opts: EntryOptions) -> Iterator[Union[Record, BadRecord
     """The samples of shard ``url``, streamed (see the module docstring)."""
     key: Optional[str] = None
     parts: dict[str, bytes] = {}
+    count = 0
     try:
         with open_binary(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
@@ -81,14 +84,15 @@ def read_shard(url: str, opts: EntryOptions) -> Iterator[Union[Record, BadRecord
                 member_key, ext = split_name(member.name)
                 if key is not None and member_key != key:
                     yield _sample(url, key, parts, opts)
-                    parts = {}
+                    parts, count = {}, count + 1
                 key = member_key
                 handle = tar.extractfile(member)
                 assert handle is not None, f"{member.name} is a file but has no data"
                 parts[ext] = handle.read()
     except (tarfile.TarError, OSError, EOFError, DataError) as exc:
         where = f"{url}:{key}" if key is not None else url
-        yield BadRecord(opts.source, where, f"unreadable tar data ({exc}); rest of the shard skipped")
+        yield BadRecord(opts.source, where, f"unreadable tar data ({exc}); rest of the shard skipped from "
+                                            f"sample {count}")
         return
     if key is not None:
         yield _sample(url, key, parts, opts)
