@@ -108,6 +108,6 @@ def test_the_action_table_drives_the_parser():
     assert convert._action is data_command.ConvertCommand and convert.strip_newlines
     inspect = parser.parse_args(["data", "inspect", "run.yaml", "--limit", "5"])
     assert inspect._action is data_command.InspectCommand and inspect.limit == 5
-    assert set(data_command.ACTIONS) == {"llava-to-single-turn", "inspect", "synth"}
+    assert set(data_command.ACTIONS) == {"llava-to-single-turn", "inspect", "check", "synth"}
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "no-such-action"])

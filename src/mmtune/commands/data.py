@@ -8,6 +8,8 @@ standard library at top level. Adding an action is one line in that table.
   (:mod:`mmtune.data.convert`).
 * ``inspect CONFIG``: one rendered sample per source with the supervised span highlighted, and counts
   (samples, tokens, image share, truncations, bad records) over the sources.
+* ``check CONFIG``: every source read once, in parallel (:mod:`mmtune.data.check`): counts per source,
+  bad records, realised shares, speed; exit code 1 when training would stop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
                              "mmtune.commands.data:ConvertCommand"),
     "inspect": ("Show one rendered sample per source and counts over the data of a config.",
                 "mmtune.commands.data:InspectCommand"),
+    "check": ("Read every source of a config once and report what training would find (exit 1: it would stop).",
+              "mmtune.commands.data:CheckCommand"),
     "synth": ("Write the synthetic shape world (shards, LLaVA/Alpaca JSON, tokenizer).",
               "mmtune.commands.quickstart:SynthCommand"),
 }
@@ -48,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen action."""
-    if args.overrides and args.action != "inspect":
+    if args.overrides and args.action not in ("inspect", "check"):
         from mmtune.errors import ConfigError
 
         raise ConfigError("override", " ".join(args.overrides), f"no --section.field options for {args.action}")
@@ -126,7 +130,7 @@ class InspectCommand:
 
         rows = []
         for source in open_sources(cfg.data):
-            sample, counts = _survey(source, encoder, transform, args.limit)
+            sample, counts = _survey(source, tokenizer, encoder, transform, args.limit)
             console.rule(f"{source.name} ({type(source).__name__}, weight {source.weight:g})")
             console.print(render_sample(sample, tokenizer) if sample is not None else "no usable sample")
             rows.append((source.name, counts))
@@ -135,6 +139,64 @@ class InspectCommand:
             for report in counts["reports"]:
                 console.print(f"bad: {name}: {report}", soft_wrap=True, markup=False)
         return 0
+
+
+class CheckCommand:
+    """``check CONFIG [--processes N] [--section.field value ...]``."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """CONFIG and the parallelism."""
+        import os
+
+        parser.add_argument("config", metavar="CONFIG", help="a run config (YAML) with a data section")
+        parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, metavar="N",
+                            help="processes reading the sources' shards and blocks of entries (default: the cores)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Prints the counts, bad records, shares, speed and problems; 1 when training would stop."""
+        from rich.console import Console
+
+        from mmtune.config import load_config
+        from mmtune.data.check import check_sources
+        from mmtune.data.mixture import open_sources
+        from mmtune.data.processor import Processor
+
+        cfg = load_config(args.config, args.overrides)
+        processor = Processor.from_config(cfg)
+        tok = processor.tokenizer
+        report = check_sources(open_sources(cfg.data), processor.encoder(cfg.data), processor.image_transform,
+                               pad_id=tok.pad_id, image_token_id=tok.image_token_id, processes=args.processes,
+                               max_bad_fraction=cfg.data.max_bad_fraction, progress=not args.no_progress)
+        console = Console(highlight=False, soft_wrap=True)
+        console.print(_check_table(report))
+        for name, tally in report.tallies.items():
+            for bad in tally.stats.of(name).reports:
+                console.print(f"bad: {name}: {bad}", markup=False)
+        console.print(f"{report.read} records in {report.seconds:.1f} s with {report.processes} processes: "
+                      f"{report.samples_per_second:.0f} samples/s", markup=False)
+        for problem in report.problems:
+            console.print(f"problem: {problem}", markup=False)
+        console.print("ok: training would read this data" if report.ok else "training would stop on this data")
+        return 0 if report.ok else 1
+
+
+def _check_table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="every record of each source (images: share of usable samples with one)")
+    for column in ("source", "read", "usable", "tokens", "images", "truncated", "too long", "image mismatch",
+                   "unsupervised", "bad", "share"):
+        table.add_column(column, justify="left" if column == "source" else "right", overflow="fold")
+    for name, tally in report.tallies.items():
+        counts, usable = tally.stats.of(name), tally.usable(name)
+        table.add_row(name, str(counts.read), str(usable), str(tally.tokens),
+                      f"{tally.with_image / usable:.0%}" if usable else "-", str(counts.truncated),
+                      str(tally.skips["length"]), str(tally.skips["images"]), str(tally.skips["unsupervised"]),
+                      str(counts.bad), f"{report.shares.get(name, 0.0):.1%}")
+    return table
 
 
 def _encoding_parts(cfg: Any) -> tuple[Any, Any, Any]:
@@ -151,37 +213,25 @@ def _records(source: Any, limit: int) -> Any:
     return islice(source.records(), limit or None)
 
 
-def _survey(source: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any, dict]:
-    """(first usable sample, counts) over the first ``limit`` records of ``source``."""
+def _survey(source: Any, tokenizer: Any, encoder: Any, transform: Any, limit: int) -> tuple[Any, dict]:
+    """(first encoded sample, counts) over the first ``limit`` records of ``source``, counted as
+    ``mmtune data check`` counts them (:func:`mmtune.data.check.tally_items`)."""
     from tqdm import tqdm
 
-    from mmtune.data.badrecords import BadRecord
-    from mmtune.data.loader import encode_counted
+    from mmtune.data.check import Tally, tally_items
+    from mmtune.data.plan import encode_counted
     from mmtune.data.stats import DataStats
-    from mmtune.errors import DataError
 
-    stats = DataStats()
+    tally = Tally()
     for bad in getattr(source, "load_bad", []):
-        stats.add_bad(bad)
-    first, tokens, images = None, 0, 0
-    for item in tqdm(_records(source, limit), desc=source.name, unit="record", leave=False):
-        sample = encode_counted(encoder, item, stats)
-        if sample is None:
-            continue
-        if sample.images and transform is not None:
-            ref = sample.images[0]
-            try:
-                transform(ref.ref)
-            except DataError as exc:
-                stats.add_bad(BadRecord(ref.source, ref.location, str(exc)), read=False)
-                stats.of(ref.source).samples -= 1
-                continue
-        first = first if first is not None else sample
-        tokens += len(sample)
-        images += sample.n_images
-    counts = stats.of(source.name)
-    return first, {"read": counts.read, "samples": counts.samples, "tokens": tokens,
-                   "images": f"{images / counts.samples:.0%}" if counts.samples else "-",
+        tally.stats.add_bad(bad)
+    tally.add(tally_items(tqdm(_records(source, limit), desc=source.name, unit="record", leave=False), encoder,
+                          transform, tokenizer.pad_id, tokenizer.image_token_id))
+    first = next((s for s in (encode_counted(encoder, r, DataStats()) for r in _records(source, limit))
+                  if s is not None), None)
+    counts, usable = tally.stats.of(source.name), tally.usable(source.name)
+    return first, {"read": counts.read, "samples": usable, "tokens": tally.tokens,
+                   "images": f"{tally.with_image / usable:.0%}" if usable else "-",
                    "cut": counts.truncated, "skipped": counts.skipped, "bad": counts.bad,
                    "reports": counts.reports}
 

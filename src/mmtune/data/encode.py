@@ -7,7 +7,9 @@ Public API:
 * :func:`encode_prompt`: the same for inference; ends with the assistant header of the last user turn.
 * :class:`RecordEncoder`: those settings bundled into a callable (what loaders hold on to).
 * :class:`EncodedSample` (``input_ids``, ``loss_mask``, ``images``, ``n_images``, ``num_image_tokens``,
-  ``source``, ``key``, ``truncated``, ``labels()``), :class:`Skipped` (``reason``, ``source``, ``key``).
+  ``source``, ``key``, ``truncated``, ``labels()``), :class:`Skipped` (``reason``, ``source``, ``key``,
+  ``kind``: length, unsupervised or images), :class:`ImageCountError` (a DataError: more than one
+  ``<image>`` marker, or a marker without an image).
 * :class:`TextTokenizer`: what is needed of :class:`mmtune.models.tokenizer.Tokenizer`.
 * :func:`supervision_spans` ``(sample, decode) -> [(text, supervised), ...]``: the sample read back as
   runs of masked and supervised text, to show users exactly what is trained.
@@ -46,6 +48,7 @@ from mmtune.data.templates import Segment, Template, get_template
 from mmtune.errors import ConfigError, DataError
 
 Overflow = Literal["truncate", "skip"]
+SkipKind = Literal["length", "unsupervised", "images"]
 IGNORE_INDEX = -100
 """The label of a position without a target (prompts, images, padding); the only definition in mmtune."""
 
@@ -111,14 +114,21 @@ class Skipped:
     reason: str
     source: str = ""
     key: str = ""
+    kind: SkipKind = field(default="length", compare=False)
+    """Why, as a category: ``length`` (too long), ``unsupervised`` (nothing supervised) or ``images`` (the
+    record's image does not fit the model's placeholders)."""
+
+
+class ImageCountError(DataError):
+    """A record whose ``<image>`` markers do not match its image (a bad record)."""
 
 
 def _check_images(record: Record, num_image_tokens: int) -> Optional[str]:
     markers = record.marker_count()
     if markers > 1:
-        raise DataError(f"record {record.key!r}: {markers} <image> markers, but a record holds one image")
+        raise ImageCountError(f"record {record.key!r}: {markers} <image> markers, but a record holds one image")
     if markers and not record.has_image:
-        raise DataError(f"record {record.key!r}: an <image> marker but no image")
+        raise ImageCountError(f"record {record.key!r}: an <image> marker but no image")
     if record.has_image and num_image_tokens <= 0:
         return "record has an image but the model takes no image tokens"
     return None
@@ -180,7 +190,7 @@ def encode_record(record: Record, tokenizer: TextTokenizer, template: Union[str,
         raise ConfigError("data.overflow", overflow, "truncate or skip")
     reason = _check_images(record, num_image_tokens)
     if reason:
-        return Skipped(reason, record.source, record.key)
+        return Skipped(reason, record.source, record.key, "images")
     segments = _render(record, template, image_position, system_prompt, generation=False)
     ids, mask, spans = tokenize_segments(segments, tokenizer, num_image_tokens)
     truncated = len(ids) > max_seq_len
@@ -191,7 +201,7 @@ def encode_record(record: Record, tokenizer: TextTokenizer, template: Union[str,
             return Skipped(f"image positions end beyond max_seq_len {max_seq_len}", record.source, record.key)
         ids, mask = ids[:max_seq_len], mask[:max_seq_len]
     if not any(mask):
-        return Skipped("no supervised tokens", record.source, record.key)
+        return Skipped("no supervised tokens", record.source, record.key, "unsupervised")
     return _sample(record, ids, mask, spans, truncated)
 
 
