@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from data_factory import alpaca_items, llava_items, write_images, write_json, write_shards
 from mmtune import cli
@@ -22,19 +23,13 @@ def _config(tmp_path, llama_tokenizer_dir, *, broken: bool = False) -> str:
     write_json(tmp_path / "llava.json", items)
     write_json(tmp_path / "alpaca.json", alpaca_items(4))
     write_shards(tmp_path / "shards", 2, 3, stats=True, bad_image_keys=("000000001", "000000004") if broken else ())
-    shards = f"{tmp_path}/shards/{{00000..00001}}.tar"
-    (tmp_path / "run.yaml").write_text(f"""
-model: {{preset: debug}}
-vision: {{preset: debug-clip}}
-tokenizer: {{path: {llama_tokenizer_dir}}}
-data:
-  template: llava_v1
-  max_seq_len: 200
-  max_bad_fraction: 0.2
-  sources:
-    - {{path: {tmp_path}/llava.json, image_root: {tmp_path}/imgs}}
-    - {{path: {tmp_path}/alpaca.json, template: alpaca, weight: 0.5}}
-""" + (f"    - {{path: '{shards}', template: caption, name: shards}}\n" if broken else ""))
+    sources = [{"path": f"{tmp_path}/llava.json", "image_root": f"{tmp_path}/imgs"},
+               {"path": f"{tmp_path}/alpaca.json", "template": "alpaca", "weight": 0.5}]
+    if broken:
+        sources.append({"path": f"{tmp_path}/shards/{{00000..00001}}.tar", "template": "caption", "name": "shards"})
+    run = {"model": {"preset": "debug"}, "vision": {"preset": "debug-clip"}, "tokenizer": {"path": str(llama_tokenizer_dir)},
+           "data": {"template": "llava_v1", "max_seq_len": 200, "max_bad_fraction": 0.2, "sources": sources}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     return str(tmp_path / "run.yaml")
 
 
