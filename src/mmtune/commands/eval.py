@@ -23,8 +23,12 @@ TASK_HELP = ("vqav2, textvqa, gqa, pope, mmbench, scienceqa, coco-caption (offic
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Registers the model, task, files, output and decoding options."""
+    from typing import get_args
+
+    from mmtune.config import EvalTask
+
     p.add_argument("--model", required=True, metavar="PATH", help=MODEL_HELP)
-    p.add_argument("--task", required=True, help=TASK_HELP)
+    p.add_argument("--task", required=True, choices=get_args(EvalTask), metavar="NAME", help=TASK_HELP)
     p.add_argument("--data", required=True, nargs="+", metavar="FILE",
                    help="the question file (POPE: one per split; caption / vqa: any supported dataset)")
     p.add_argument("--annotations", default=None, metavar="FILE",
@@ -57,14 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from typing import get_args
-
-    from mmtune.config import EvalTask
     from mmtune.errors import ConfigError
 
-    names = get_args(EvalTask)
-    if args.task not in names:
-        raise ConfigError("--task", args.task, "one of " + ", ".join(names))
     for name in ("batch_size", "max_new_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
