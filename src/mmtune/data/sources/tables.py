@@ -10,8 +10,10 @@ Public API:
   :func:`~mmtune.data.sources.paths.open_binary`.
 
 A JSON file must hold a list of objects; a JSONL line, CSV or TSV row that is not a valid entry is
-skipped and reported with its line number. Parquet columns stay in Arrow memory (image bytes are only
-copied out when an entry is read).
+skipped and reported with its line number. A local JSONL file is parsed once when opened (to find its bad
+lines) and then read through an index of byte offsets (:class:`LineIndex`): an entry is read from the file
+when it is asked for, so memory holds 8 bytes per entry plus its line number, not the entries. Parquet
+columns stay in Arrow memory (image bytes are only copied out when an entry is read).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from array import array
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import IO, Any, Optional, Sequence
 
 from mmtune.data.badrecords import BadRecord
-from mmtune.data.sources.paths import open_binary
+from mmtune.data.sources.paths import is_remote, open_binary
 from mmtune.errors import DataError
 
 TABLE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -35,23 +39,50 @@ def suffix_of(path: str) -> str:
     return "." + name.rsplit(".", 1)[-1] if "." in name else ""
 
 
+class LineIndex:
+    """The entries of a local JSONL file, read on demand: only each entry's byte offset is kept (8 bytes per
+    entry), so a loader worker's memory does not grow with the file. Picklable; each process opens the file
+    itself (forked workers never share a file position)."""
+
+    def __init__(self, path: str, offsets: array):
+        self.path, self.offsets = path, offsets
+        self._file: Optional[IO[bytes]] = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._pid != os.getpid():
+            self._file, self._pid = open(self.path, "rb"), os.getpid()
+        assert self._file is not None
+        self._file.seek(self.offsets[index])
+        return json.loads(self._file.readline())
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "offsets": self.offsets}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["offsets"])  # type: ignore[misc]
+
+
 @dataclass
 class Table:
     """Entries of one manifest file."""
 
     path: str
     entries: Any
-    """A list of dicts, or a pyarrow Table."""
-    lines: Optional[list[int]] = None
+    """A list of dicts, a :class:`LineIndex` (local JSONL) or a pyarrow Table."""
+    lines: Optional[Sequence[int]] = None
     """Line number of each entry (line-based files)."""
     bad: list[BadRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.entries) if isinstance(self.entries, list) else self.entries.num_rows
+        return len(self.entries) if isinstance(self.entries, (list, LineIndex)) else self.entries.num_rows
 
     def entry(self, index: int) -> dict:
         """Entry ``index`` as a dict."""
-        if isinstance(self.entries, list):
+        if isinstance(self.entries, (list, LineIndex)):
             return self.entries[index]
         return {name: self.entries.column(name)[index].as_py() for name in self.entries.column_names}
 
@@ -78,9 +109,14 @@ def _read_json(path: str, source: str) -> Table:
 
 
 def _read_jsonl(path: str, source: str) -> Table:
-    entries, lines, bad = [], [], []
+    """Every line is parsed once to find the bad ones; a local file keeps only the good lines' offsets."""
+    local = not is_remote(path)
+    entries: list = []
+    offsets, lines, bad = array("q"), array("l"), []
+    offset = 0
     with open_binary(path) as f:
         for number, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
             try:
@@ -91,9 +127,11 @@ def _read_jsonl(path: str, source: str) -> Table:
             if not isinstance(item, dict):
                 bad.append(BadRecord(source, f"{path}:{number}", f"a {type(item).__name__}, not an object"))
                 continue
-            entries.append(item)
+            offsets.append(start)
             lines.append(number)
-    return Table(path, entries, lines, bad)
+            if not local:
+                entries.append(item)
+    return Table(path, LineIndex(path, offsets) if local else entries, lines, bad)
 
 
 def _read_delimited(path: str, source: str, delimiter: str) -> Table:

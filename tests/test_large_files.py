@@ -1,0 +1,64 @@
+"""Large manifests: a local JSONL file is read through an index of byte offsets (entries read on demand,
+in forked workers too), so memory does not hold the entries; scripts/bench_data_memory.py measures it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import pickle
+
+from data_factory import png_bytes
+from mmtune.config import SourceConfig
+from mmtune.data.badrecords import BadRecord
+from mmtune.data.sources import open_source
+from mmtune.data.sources.tables import LineIndex, read_table
+
+
+def _jsonl(path, n: int):
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    items = [{"image": image, "caption": f"caption {i} é"} for i in range(n)]
+    lines = [json.dumps(item, ensure_ascii=False) for item in items]
+    lines.insert(3, "{broken")
+    lines.insert(5, "")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return items
+
+
+def _entry(args):
+    table, index = args
+    return table.entry(index)
+
+
+def test_a_local_jsonl_file_is_read_through_byte_offsets(tmp_path):
+    items = _jsonl(tmp_path / "big.jsonl", 200)
+    table = read_table(str(tmp_path / "big.jsonl"), "big")
+    assert isinstance(table.entries, LineIndex) and len(table) == 200
+    assert [table.entry(i) for i in range(200)] == items
+    assert table.location(3) == f"{tmp_path}/big.jsonl:5" and table.location(4) == f"{tmp_path}/big.jsonl:7"
+    assert [b.location for b in table.bad] == [f"{tmp_path}/big.jsonl:4"]
+    copy = pickle.loads(pickle.dumps(table))
+    assert copy.entry(150) == items[150]
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # forked workers each open the file
+        assert pool.map(_entry, [(table, i) for i in range(199, -1, -1)]) == items[::-1]
+
+
+def test_an_indexed_manifest_gives_the_same_records(tmp_path):
+    _jsonl(tmp_path / "big.jsonl", 20)
+    source = open_source(SourceConfig(path=str(tmp_path / "big.jsonl")))
+    records = list(source.records())
+    assert not any(isinstance(r, BadRecord) for r in records) and len(records) == 20
+    assert records[7].messages[0].content == "caption 7 é" and records[7].extra["identity"].endswith("big.jsonl:7")
+    assert [b.location for b in source.load_bad] == [f"{tmp_path}/big.jsonl:4"]
+
+
+def test_a_json_list_and_a_remote_jsonl_file_are_held_in_memory(tmp_path):
+    from http_factory import serve
+
+    items = _jsonl(tmp_path / "big.jsonl", 5)
+    (tmp_path / "big.json").write_text(json.dumps(items))
+    assert isinstance(read_table(str(tmp_path / "big.json"), "big").entries, list)
+    with serve(tmp_path) as (url, _):
+        remote = read_table(f"{url}/big.jsonl", "big")
+    assert isinstance(remote.entries, list) and remote.entries == items
+    assert remote.location(3) == f"{url}/big.jsonl:5"
