@@ -208,8 +208,10 @@ def test_bad_files_are_one_line_errors(model, tmp_path, capsys, task, breaks, me
 
 
 def test_unknown_task_names_every_task(model, tmp_path, capsys):
-    assert main(["eval", "--model", str(model), "--task", "mme", "--data", "x"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--model", str(model), "--task", "mme", "--data", "x"])
     err = capsys.readouterr().err
+    assert exited.value.code == 2 and "invalid choice: 'mme'" in err
     assert all(name in err for name in [*BENCHMARKS, "caption", "vqa"])
 
 
