@@ -15,9 +15,10 @@ import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 CONFIG_PREFIX = {"mlp": "quickstart", "qformer": "quickstart-qformer"}
 DEFAULT_OUT = "runs/quickstart"
@@ -32,6 +33,7 @@ class QuickstartSettings:
     out: Path
     connector: str = "mlp"
     seed: int = 0
+    threads: int = 0
     stage_steps: tuple[Optional[int], Optional[int]] = (None, None)
     images: Optional[int] = None
     eval_images: int = 200
@@ -53,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mlp: LLaVA-1.5 (CLIP-style tower, MLP at <image>); qformer: LLaMA2-Accessory "
                         "(BLIP-2-style tower, Q-Former queries after BOS). Default mlp")
     p.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="compute threads for training and evaluation (default: automatic, see parallel.cpu_threads)")
     p.add_argument("--stage1-steps", type=_positive, default=None, help="override stage 1's optimizer steps")
     p.add_argument("--stage2-steps", type=_positive, default=None, help="override stage 2's optimizer steps")
     p.add_argument("--images", type=_positive, default=None,
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from mmtune.evaluation.report import terminal_table
 
     settings = QuickstartSettings(out=Path(args.out), connector=args.connector, seed=args.seed,
+                                  threads=args.threads or 0,
                                   stage_steps=(args.stage1_steps, args.stage2_steps), images=args.images,
                                   eval_images=args.eval_images,
                                   config_dir=Path(args.config_dir) if args.config_dir else None,
@@ -140,6 +145,8 @@ def _stage_yaml(settings: QuickstartSettings, stage: int, world: Path, vocab_siz
             source["path"] = str(world / "stage1" / f"{{00000..{len(shards) - 1:05d}}}.tar")
     data["model"]["vocab_size"] = max(int(data["model"].get("vocab_size", 0)), vocab_size)
     data["training"]["seed"] = settings.seed
+    if settings.threads:
+        data.setdefault("parallel", {})["cpu_threads"] = settings.threads
     steps = settings.stage_steps[stage - 1]
     if steps is not None:
         data["training"]["max_steps"] = steps
@@ -256,10 +263,25 @@ def _examples(out: Path, world: Path, stage2: "tuple[str, Optional[str]]", count
     return rows
 
 
+@contextmanager
+def _eval_threads(threads: int) -> Iterator[None]:
+    """Evaluation with ``threads`` intra-op threads (0: as they are), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_quickstart(settings: QuickstartSettings) -> dict[str, Any]:
     """World -> stage 1 -> stage 2 -> evaluation -> ``report.json`` / ``report.md``; returns the report."""
     from mmtune.config import load_config
     from mmtune.evaluation.report import write_report
+    from mmtune.machine import machine_facts
     from mmtune.models.vision import resolve_image_settings
 
     start = time.monotonic()
@@ -274,10 +296,12 @@ def run_quickstart(settings: QuickstartSettings) -> dict[str, Any]:
         steps.append(_train(config, out / f"stage{stage}", out / f"stage{stage}_loss.png"))
     data2 = load_config(out / "configs" / "stage2.yaml").data
     stage2 = (data2.template, data2.system_prompt)  # prompts exactly as stage 2 trained
-    metrics = _evaluate(out, world, stage2)
-    report = {"command": settings.command, "connector": settings.connector, "seed": settings.seed,
-              "stage1": {"steps": steps[0], **metrics["stage1"]}, "stage2": {"steps": steps[1], **metrics["stage2"]},
-              "examples": _examples(out, world, stage2)}
+    with _eval_threads(settings.threads):
+        metrics = _evaluate(out, world, stage2)
+        report = {"command": settings.command, "connector": settings.connector, "seed": settings.seed,
+                  "threads": settings.threads or "automatic", "machine": machine_facts(),
+                  "stage1": {"steps": steps[0], **metrics["stage1"]},
+                  "stage2": {"steps": steps[1], **metrics["stage2"]}, "examples": _examples(out, world, stage2)}
     report["wall_seconds"] = time.monotonic() - start
     write_report(report, out)
     return report

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from mmtune.errors import ConfigError
+from mmtune.machine import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def cpu_threads_for(env: DistEnv, configured: int, loader_workers: int) -> Itera
     if env.device.type != "cpu" or (configured == 0 and "OMP_NUM_THREADS" in os.environ):
         yield
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = cpu_threads(configured, loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), cores)
     torch.set_num_threads(threads)
     log.info("%d intra-op CPU threads per rank (%d cores, %d loader workers)", threads, cores, loader_workers)

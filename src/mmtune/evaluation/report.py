@@ -28,10 +28,18 @@ def metric_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _machine_line(report: dict[str, Any]) -> str:
+    """The CPU, cores, compute threads and torch version the figures were measured with."""
+    m = report.get("machine", {})
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {report.get('threads', '?')} compute threads, "
+            f"torch {m.get('torch', '?')}")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A human-readable report: settings, the metric table, sample answers and the loss curves."""
     lines = [f"# mmtune quickstart ({report['connector']} connector)", "",
              f"Command: `{report['command']}`", "",
+             f"Machine: {_machine_line(report)}", "",
              f"World seed {report['seed']}; stage 1: {report['stage1']['steps']} steps, "
              f"stage 2: {report['stage2']['steps']} steps; evaluated on held-out images training never saw.", "",
              "| metric | value |", "|---|---|"]
