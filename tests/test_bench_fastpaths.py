@@ -76,7 +76,7 @@ def test_generation_stops_rows_and_streams_with_one_read_per_step():
 
 
 def test_sample_segments_read_contiguous_runs_and_refuse_split_ids():
-    from mmtune.models.llama import sample_segments
+    from mmtune.models.packed_attention import sample_segments
 
     ids = torch.tensor([[0, 0, 1, 1, 1, 2, -1, -1], [0] * 8])
     assert sample_segments(ids) == (((0, 2), (2, 5), (5, 6), (6, 8)), ((0, 8),))
@@ -85,7 +85,8 @@ def test_sample_segments_read_contiguous_runs_and_refuse_split_ids():
 
 @pytest.mark.parametrize("name", ["mha", "gqa"])
 def test_packed_rows_attend_sample_by_sample_like_the_mask(name):
-    from mmtune.models.llama import attention_mask, sample_segments, segment_attention
+    from mmtune.models.llama import attention_mask
+    from mmtune.models.packed_attention import sample_segments, segment_attention
 
     gen = torch.Generator().manual_seed(0)
     heads_kv = 2 if name == "gqa" else 4
@@ -120,7 +121,7 @@ def test_bench_runs_of_both_sides_produce_the_same_greedy_tokens():
 
 @pytest.mark.parametrize("length", [40, 520])
 def test_short_packed_rows_take_one_masked_call_and_long_ones_loop_with_the_same_result(length, monkeypatch):
-    import mmtune.models.llama as llama
+    import mmtune.models.packed_attention as llama
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=length))

@@ -5,11 +5,11 @@ row is filled with samples of random lengths around ``sample_len`` (the last one
 two padding positions at the end of every row). Forward + backward of the attention alone, timed in
 turn (:func:`~mmtune.bench.timing.interleaved_medians`):
 
-* ``loop``: :func:`~mmtune.models.llama.segment_attention`, causal SDPA on each sample run;
-* ``masked``: one SDPA call with :func:`~mmtune.models.llama.attention_mask`'s boolean mask.
+* ``loop``: :func:`~mmtune.models.packed_attention.segment_attention`, causal SDPA on each sample run;
+* ``masked``: one SDPA call with :func:`~mmtune.models.packed_attention.packed_mask`'s boolean mask.
 
 Both compute exactly the same thing (tests/test_bench_fastpaths.py); the decoder picks the loop for rows
-of at least :data:`~mmtune.models.llama.SEGMENT_LOOP_MIN_LEN` positions.
+of at least :data:`~mmtune.models.packed_attention.SEGMENT_LOOP_MIN_LEN` positions.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtune.bench.timing import interleaved_medians
-from mmtune.models.llama import SEGMENT_LOOP_MIN_LEN, attention_mask, sample_segments, segment_attention
+from mmtune.models.packed_attention import SEGMENT_LOOP_MIN_LEN, packed_mask, sample_segments, segment_attention
 
 
 @dataclass
@@ -61,7 +61,7 @@ def run_attention_bench(lengths: Sequence[int], *, positions: int, sample_len: i
         q, k, v = (torch.randn(rows, heads, length, head_dim, generator=gen, requires_grad=True)
                    for _ in range(3))
         segments = sample_segments(ids)
-        mask = attention_mask(length, ids, None, q.device)
+        mask = packed_mask(ids)
 
         def loop() -> None:
             segment_attention(q, k, v, segments, False).sum().backward()

@@ -8,11 +8,9 @@ Attention follows the batch contract of ``docs/architecture.md``: ``positions`` 
 ``sample_ids`` keep packed samples apart (causal AND same sample; ``-1`` marks padding). SDPA's
 mask-free kernels run wherever they are exact: with neither sample ids nor a cache (``is_causal``), for a
 prefill into an empty cache without padding (``is_causal``), and for one-token decoding while the cache
-holds no padding (every cached key is visible: no mask at all). Packed rows (each sample id one
-contiguous run) of at least :data:`SEGMENT_LOOP_MIN_LEN` positions attend sample by sample with
-``is_causal``, so a row of several samples costs the sum of their squared lengths instead of the row
-length squared; shorter rows, and compiled blocks, take one call with the boolean mask (below ~512
-positions the loop's per-call cost exceeds the attention it saves: docs/benchmarks.md).
+holds no padding (every cached key is visible: no mask at all). Packed rows attend along the path that
+:func:`mmtune.models.packed_attention.packed_attention_path` picks for the device (flash varlen or
+FlexAttention on CUDA; the per-sample loop or one masked call on CPU).
 """
 
 from __future__ import annotations
@@ -25,6 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtune.config import ModelConfig
+from mmtune.models.packed_attention import (
+    PackedRows,
+    blocks_compiled,
+    masked_attention,
+    packed_attention_path,
+    packed_mask,
+    packed_rows,
+)
 
 
 def ffn_hidden_dim(cfg: ModelConfig) -> int:
@@ -166,17 +172,9 @@ def attention_mask(n: int, sample_ids: Optional[torch.Tensor], cache: Optional[K
     key_at = torch.arange(start + n, device=device)[None, :]
     causal = key_at <= query_at
     if cache is None:
-        same = sample_ids[:, :, None] == sample_ids[:, None, :]
-        return (causal & same).unsqueeze(1)
+        return packed_mask(sample_ids)
     valid = cache.valid[:, None, None, :start + n]
     return (causal & valid) | (key_at == query_at)
-
-
-SEGMENT_LOOP_MIN_LEN = 512
-"""Packed rows this long or longer attend sample by sample; shorter ones with one masked call."""
-
-Segments = tuple[tuple[tuple[int, int], ...], ...]
-"""Per row, the ``(start, end)`` of each run of one sample id (padding is a run of its own)."""
 
 
 def one_sample_per_row(sample_ids: torch.Tensor) -> bool:
@@ -186,41 +184,6 @@ def one_sample_per_row(sample_ids: torch.Tensor) -> bool:
     real = sample_ids >= 0
     same = (sample_ids == sample_ids[:, :1]) | ~real
     return bool((same.all() & real[:, 0].all() & (real[:, 1:] <= real[:, :-1]).all()).item())
-
-
-def sample_segments(sample_ids: torch.Tensor) -> Optional[Segments]:
-    """The runs of equal ids of each row when every id of a row is one contiguous run (the packed
-    layout), else None. Reads the ids' run starts to the host once."""
-    b, t = sample_ids.shape
-    change = torch.ones_like(sample_ids, dtype=torch.bool)
-    change[:, 1:] = sample_ids[:, 1:] != sample_ids[:, :-1]
-    rows, starts = change.nonzero(as_tuple=True)
-    runs = torch.stack([rows, starts, sample_ids[rows, starts]]).tolist()
-    bounds: list[list[tuple[int, int]]] = [[] for _ in range(b)]
-    seen: set[tuple[int, int]] = set()
-    for i, (row, start, sid) in enumerate(zip(*runs)):
-        if (row, sid) in seen:
-            return None
-        seen.add((row, sid))
-        end = runs[1][i + 1] if i + 1 < len(runs[0]) and runs[0][i + 1] == row else t
-        bounds[row].append((start, end))
-    return tuple(tuple(r) for r in bounds)
-
-
-def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments,
-                      gqa: bool) -> torch.Tensor:
-    """Causal attention [B, H, T, D] within each segment of each row (the packed-sample mask, exactly)."""
-    rows = []
-    for b, row in enumerate(segments):
-        parts = [F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e],
-                                                is_causal=True, enable_gqa=gqa) for s, e in row]
-        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-    return torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
-
-
-def _compiled(layers: nn.ModuleList) -> bool:
-    """True when a block was compiled in place (segment bounds would recompile it per packing layout)."""
-    return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers)
 
 
 class Attention(nn.Module):
@@ -238,10 +201,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor,
-                mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
+                mask: Union[torch.Tensor, PackedRows, None], cache: Optional[KVCache] = None) -> torch.Tensor:
         """``x`` [B, T, dim] -> [B, T, dim] with RoPE ``rotation`` [B, T, head_dim / 2]; heads are inferred
-        from the projections' widths. ``mask`` is a boolean mask, packed-sample :data:`Segments`, or None
-        (see :func:`attention_mask`)."""
+        from the projections' widths. ``mask`` is a boolean mask, packed rows (:class:`PackedRows`, which
+        attend along their path), or None (see :func:`attention_mask`)."""
         b, t, _ = x.shape
         q = apply_rope(self.wq(x).view(b, t, -1, self.head_dim), rotation)
         k = apply_rope(self.wk(x).view(b, t, -1, self.head_dim), rotation)
@@ -249,17 +212,14 @@ class Attention(nn.Module):
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v)
-        if isinstance(mask, tuple):
-            out = segment_attention(q, k, v, mask, q.shape[1] != k.shape[1])
-            return self.wo(out.transpose(1, 2).reshape(b, t, -1))
-        causal = mask is None and q.shape[2] == k.shape[2]
-        assert mask is not None or causal or q.shape[2] == 1, "a mask-free query block must start at key 0"
-        gqa = q.shape[1] != k.shape[1]
-        if gqa and mask is not None:  # SDPA's GQA runs only in the flash/math kernels, which take no mask
-            repeats = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-            gqa = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        if isinstance(mask, PackedRows):
+            out = mask.attend(q, k, v)
+        elif mask is not None:
+            out = masked_attention(q, k, v, mask)
+        else:
+            causal = q.shape[2] == k.shape[2]
+            assert causal or q.shape[2] == 1, "a mask-free query block must start at key 0"
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -288,7 +248,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor,
-                mask: Union[torch.Tensor, Segments, None], cache: Optional[KVCache] = None) -> torch.Tensor:
+                mask: Union[torch.Tensor, PackedRows, None], cache: Optional[KVCache] = None) -> torch.Tensor:
         """``x`` [B, T, dim] -> [B, T, dim] (``rotation``: see :func:`rope_rotation`)."""
         h = x + self.attention(self.attention_norm(x), rotation, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -378,10 +338,11 @@ class Transformer(nn.Module):
             cache.reserve(t, sample_ids)
         if cache is None and sample_ids is not None and one_sample_per_row(sample_ids):
             sample_ids = None  # causal attention is exact for every real token
-        segments = None
-        if cache is None and sample_ids is not None and t >= SEGMENT_LOOP_MIN_LEN and not _compiled(self.layers):
-            segments = sample_segments(sample_ids)
-        mask = segments if segments is not None else attention_mask(t, sample_ids, cache, h.device)
+        if cache is None and sample_ids is not None:
+            path = packed_attention_path(h.device, h.dtype, blocks_compiled(self.layers), t)
+            mask: Union[torch.Tensor, PackedRows, None] = packed_rows(sample_ids, path)
+        else:
+            mask = attention_mask(t, sample_ids, cache, h.device)
         for layer in self.layers:
             h = layer(h, rotation, mask, cache)
         if cache is not None:

@@ -1,0 +1,93 @@
+"""Packed-row attention: the path chosen per device, and every path equal to the per-sample loop.
+
+The loop, masked and flex paths run here on CPU (flex forward only: FlexAttention has no CPU backward in
+torch 2.13); varlen is CUDA-only, so its tests are skipped without CUDA and run as they are on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmtune.models.packed_attention import (
+    PackedRows,
+    cumulative_lengths,
+    packed_attention_path,
+    packed_rows,
+    sample_segments,
+    segment_attention,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+IDS = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, -1], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]])
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn is CUDA-only (GPU check)")
+
+
+@pytest.mark.parametrize("device, dtype, compiled, length, path", [
+    (CPU, torch.float32, False, 512, "loop"),
+    (CPU, torch.float32, False, 511, "masked"),
+    (CPU, torch.bfloat16, False, 2048, "loop"),
+    (CPU, torch.float32, True, 2048, "masked"),
+    (CUDA, torch.bfloat16, False, 64, "varlen"),
+    (CUDA, torch.float16, False, 2048, "varlen"),
+    (CUDA, torch.bfloat16, True, 2048, "flex"),
+    (CUDA, torch.float32, True, 2048, "flex"),
+    (CUDA, torch.float32, False, 2048, "loop"),
+    (CUDA, torch.float32, False, 128, "masked"),
+])
+def test_one_function_picks_the_path_by_device_dtype_compile_and_length(device, dtype, compiled, length, path):
+    assert packed_attention_path(device, dtype, compiled, length) == path
+
+
+def test_ids_that_are_not_contiguous_runs_fall_back_to_the_mask_and_unknown_paths_are_refused():
+    split = torch.tensor([[0, 1, 0, 1]])
+    assert packed_rows(split, "loop").path == "masked"
+    assert packed_rows(split, "varlen").path == "masked"
+    with pytest.raises(ValueError, match="'dense' is not one of loop, masked, flex, varlen"):
+        packed_rows(split, "dense")
+
+
+def test_cumulative_lengths_lay_every_run_of_every_row_end_to_end():
+    cu, longest = cumulative_lengths(sample_segments(IDS), 12, CPU)
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 5, 9, 11, 12, 17, 24] and longest == 7
+
+
+def _qkv(heads_kv: int, device=CPU, dtype=torch.float32, grad: bool = True) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 4, 12, 16), (2, heads_kv, 12, 16), (2, heads_kv, 12, 16)]
+    return tuple(torch.randn(s, generator=gen).to(device, dtype).requires_grad_(grad) for s in shapes)
+
+
+def _loop(q, k, v, ids):
+    return segment_attention(q, k, v, sample_segments(ids), q.shape[1] != k.shape[1])
+
+
+@pytest.mark.parametrize("heads_kv", [4, 2])
+def test_masked_path_equals_the_loop_with_gradients(heads_kv):
+    q, k, v = _qkv(heads_kv)
+    rows = packed_rows(IDS, "masked")
+    out, ref = rows.attend(q, k, v), _loop(q, k, v, IDS)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads_kv", [4, 2])
+def test_flex_path_equals_the_loop_on_cpu_forward(heads_kv):
+    q, k, v = _qkv(heads_kv, grad=False)
+    rows = packed_rows(IDS, "flex")
+    assert isinstance(rows, PackedRows) and rows.block_mask is not None
+    torch.testing.assert_close(rows.attend(q, k, v), _loop(q, k, v, IDS), rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["varlen", "flex"])
+@pytest.mark.parametrize("heads_kv", [4, 2])
+def test_cuda_paths_equal_the_loop_with_gradients_in_bf16(path, heads_kv):
+    q, k, v = _qkv(heads_kv, CUDA, torch.bfloat16)
+    out, ref = packed_rows(IDS.to(CUDA), path).attend(q, k, v), _loop(q, k, v, IDS.to(CUDA))
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.float().square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)
