@@ -236,6 +236,9 @@ class DataConfig:
     """DataLoader worker processes per rank (0 loads in the training process)."""
     shuffle_buffer: int = 1000
     """Samples held for shuffling streamed shards."""
+    cache_dir: Optional[str] = None
+    """Where map mode keeps the lengths of every entry it plans rows from (computed once per data, settings
+    and tokenizer); null: $XDG_CACHE_HOME/mmtune/lengths (~/.cache/mmtune/lengths)."""
     log_samples: bool = False
     """Each rank appends one JSON line per optimizer step to samples/rank{R}.jsonl in the run directory:
     the step, the epoch and the keys of the samples it trained on (docs/data.md)."""

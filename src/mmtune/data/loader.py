@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mmtune.config import Config
 from mmtune.data.batch import Batch
+from mmtune.data.lengths import LengthStore
 from mmtune.data.mapped import MapStream, map_rows, until_last
 from mmtune.data.mixture import open_sources
 from mmtune.data.plan import Meta, Plan, encode_counted
@@ -86,8 +87,8 @@ class Loader:
 
     @property
     def rows_per_epoch(self) -> Optional[int]:
-        """Rows of one epoch over all ranks, counted once: map mode by encoding epoch 0 (no image is read),
-        stream mode by :func:`stream_rows` (ConfigError when they cannot be counted)."""
+        """Rows of one epoch over all ranks, counted once: map mode from the row plan of epoch 0 (lengths
+        only), stream mode by :func:`stream_rows` (ConfigError when they cannot be counted)."""
         if self._rows is None and self.streaming:
             self._rows = stream_rows(self._plan.sources, self._plan.batching)
         elif self._rows is None:
@@ -187,8 +188,15 @@ def build_loader(cfg: Config, processor: Processor, *, rank: int, world_size: in
         raise ConfigError("rank", rank, f"0 <= rank < world_size = {world_size}")
     data = cfg.data
     tokenizer, transform, encoder = processor.tokenizer, processor.image_transform, processor.encoder(data)
-    plan = Plan(open_sources(data), encoder, data.batching, tokenizer.pad_id, tokenizer.image_token_id,
-                 transform, cfg.training.micro_batch_size, rank, world_size, seed, max(data.shuffle_buffer, 1))
+    sources = open_sources(data)
+    lengths = None
+    if not any(isinstance(s, ShardSource) for s in sources):
+        lengths = LengthStore(sources, encoder, seed, data.cache_dir)
+        for s in range(len(sources)):
+            lengths.get(s, 0)  # the lengths pass (or its cache) before the workers fork
+    plan = Plan(sources, encoder, data.batching, tokenizer.pad_id, tokenizer.image_token_id,
+                transform, cfg.training.micro_batch_size, rank, world_size, seed, max(data.shuffle_buffer, 1),
+                lengths)
     loader = Loader(plan, num_workers=data.num_workers, max_bad_fraction=data.max_bad_fraction)
     if loader.streaming and rank == 0:
         shards = sum(len(s.shards) for s in plan.sources if isinstance(s, ShardSource))

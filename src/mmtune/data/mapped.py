@@ -1,28 +1,36 @@
 """Map mode (every source has random access: manifests, Alpaca, LLaVA).
 
 An epoch's global order comes from :func:`~mmtune.data.mixture.epoch_order` (seeded by ``(seed, epoch)``),
-samples are encoded and packed in that order, and the rows form ONE global sequence, continuous from epoch
-to epoch, that does not depend on the world size. Rows are taken in groups of ``W * micro``: rank ``r``
+samples are packed in that order, and the rows form ONE global sequence, continuous from epoch to epoch,
+that does not depend on the world size. The sequence is planned from the entries' lengths alone
+(:mod:`mmtune.data.lengths`: a lengths pass, cached): a planned row is the (source, entry) handles of its
+samples, and only the rank and worker that take a row read, encode and lay out its samples
+(:func:`build_rows`), with the packer's own row layout. Rows are taken in groups of ``W * micro``: rank ``r``
 takes rows ``r*micro .. (r+1)*micro - 1`` of each group, so at every step the ranks together consume what
 one process would. An iteration ends with the group holding the epoch's last row (the next epoch's first
 rows may complete that group). The state is the global position ``(epoch, row)`` of the next group, the
-same on every rank, so a state saved with W ranks resumes with any other number. Resuming re-encodes
-(without decoding images) the rows of the epoch before that position.
+same on every rank, so a state saved with W ranks resumes with any other number. Resuming plans (reads
+nothing) the rows of the epoch before that position. The counts of the records read are made from the plan
+(:func:`~mmtune.data.plan.count`), so every rank counts the whole sequence, as before.
 
-Public API: :func:`map_rows` (the global row sequence), :func:`map_groups` (its groups of ``W * micro``
-rows), :func:`until_last` (rows up to the epoch's last), :class:`MapStream` (this rank's micro-batches).
+Public API: :func:`map_rows` (the global row sequence of handles), :func:`map_groups` (its groups of
+``W * micro`` rows), :func:`build_rows` (planned rows -> rows), :func:`until_last` (rows up to the epoch's
+last), :class:`MapStream` (this rank's micro-batches).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Union
 
 from torch.utils.data import IterableDataset
 
+from mmtune.data.badrecords import BadRecord
 from mmtune.data.batch import Batch
+from mmtune.data.encode import EncodedSample, Skipped
+from mmtune.data.lengths import Planned
 from mmtune.data.mixture import epoch_order
-from mmtune.data.packing import Row
-from mmtune.data.plan import Meta, Plan, worker_slot
+from mmtune.data.packing import Packer, Row
+from mmtune.data.plan import Meta, Plan, count, located, worker_slot
 from mmtune.data.stats import DataStats
 from mmtune.errors import DataError
 
@@ -36,23 +44,55 @@ def _with_last(items: Iterator[Row]) -> Iterator[tuple[Row, bool]]:
         yield held, True
 
 
-def map_rows(plan: Plan, epoch: int, stats: DataStats) -> Iterator[tuple[int, int, Row, bool]]:
-    """The global row sequence from the start of ``epoch`` on: (epoch, row index, row, last of epoch)."""
-    sources = plan.sources
+class _PlanPacker(Packer):
+    """The configured packer deciding on lengths alone: a finished row is the handles of its samples."""
+
+    def _emit(self, samples: list) -> list:  # type: ignore[override]
+        return [s.handle for s in samples]
+
+
+def _planned(plan: Plan, epoch: int, stats: DataStats) -> Iterator[Union[Planned, Skipped, BadRecord]]:
+    sources, store = plan.sources, plan.lengths
+    assert store is not None, "map mode plans rows from a LengthStore"
+    ids, indices = epoch_order([len(s) for s in sources], [s.weight for s in sources], plan.seed, epoch)
+    for s, i in zip(ids.tolist(), indices.tolist()):
+        outcome = count(stats, sources[s].name, store.get(s, epoch).outcome(i, sources[s].name, (s, i)))
+        if outcome is not None:
+            yield outcome
+
+
+def map_rows(plan: Plan, epoch: int, stats: DataStats) -> Iterator[tuple[int, int, list, bool]]:
+    """The global row sequence from the start of ``epoch`` on, planned from the sources' lengths (no entry
+    is read): (epoch, row index, the row's (source, entry) handles, last of epoch)."""
     while True:
-        ids, indices = epoch_order([len(s) for s in sources], [s.weight for s in sources], plan.seed, epoch)
-        items = (sources[s].record(i, epoch, plan.seed)  # type: ignore[union-attr]
-                 for s, i in zip(ids.tolist(), indices.tolist()))
-        count = 0
-        for count, (row, last) in enumerate(_with_last(plan.rows(items, stats)), 1):
-            yield epoch, count - 1, row, last
-        if not count:
+        packer = _PlanPacker(plan.encoder.max_seq_len, plan.pad_id, plan.batching)  # type: ignore[arg-type]
+        count_rows = 0
+        for count_rows, (row, last) in enumerate(_with_last(iter(packer.pack(_planned(plan, epoch, stats)))), 1):
+            yield epoch, count_rows - 1, row, last
+        if not count_rows:
             raise DataError(f"epoch {epoch}: no source produced a usable sample (see the bad-record reports)")
         epoch += 1
 
 
+def build_rows(plan: Plan, rows: list[tuple[int, list]]) -> list[Row]:
+    """Reads, encodes and lays out the samples of planned rows ``(epoch, handles)``: the only place map mode
+    tokenises, and only for the rows this rank and worker take."""
+    packer, out = plan.packer(), []
+    for epoch, handles in rows:
+        samples = []
+        for s, i in handles:
+            record = plan.sources[s].record(i, epoch, plan.seed)  # type: ignore[union-attr]
+            sample = None if isinstance(record, BadRecord) else plan.encoder(located(record))
+            if not isinstance(sample, EncodedSample) or len(sample) != plan.lengths.get(s, epoch).lengths[i]:  # type: ignore[union-attr]
+                raise DataError(f"{plan.sources[s].name} entry {i} no longer encodes as when its lengths were "
+                                f"computed: the data changed; remove the lengths cache ({plan.lengths.cache_dir})")  # type: ignore[union-attr]
+            samples.append(sample)
+        out.append(packer.row(samples))
+    return out
+
+
 def map_groups(plan: Plan, position: tuple[int, int], stats: DataStats
-               ) -> Iterator[tuple[list[Row], bool, tuple[int, int]]]:
+               ) -> Iterator[tuple[list[tuple[int, list]], bool, tuple[int, int]]]:
     """Groups of ``world * micro`` rows from ``position`` to the group holding the epoch's last row."""
     epoch, skip = position
     rows = map_rows(plan, epoch, stats)
@@ -62,10 +102,10 @@ def map_groups(plan: Plan, position: tuple[int, int], stats: DataStats
                             "that epoch: the data or its settings changed since it was saved")
     stats.take()
     size = plan.world * plan.micro
-    group: list[Row] = []
+    group: list[tuple[int, list]] = []
     ends = False
     for e, i, row, last in rows:
-        group.append(row)
+        group.append((e, row))
         ends = ends or last
         if len(group) == size:
             yield group, ends, ((e + 1, 0) if last else (e, i + 1))
@@ -87,11 +127,11 @@ class MapStream(IterableDataset):
         for g, (group, ends, following) in enumerate(map_groups(self.plan, self.position, stats)):
             delta = stats.take()
             if g % n == w:
-                batch = self.plan.collate(group[lo:hi], delta)
+                batch = self.plan.collate(build_rows(self.plan, group[lo:hi]), delta)
                 yield batch, Meta(w, following, ends, delta)
 
 
-def until_last(rows: Iterator[tuple[int, int, Row, bool]]) -> Iterator[tuple[int, int, Row, bool]]:
+def until_last(rows: Iterator[tuple[int, int, list, bool]]) -> Iterator[tuple[int, int, list, bool]]:
     """``rows`` up to and including the first one that ends an epoch."""
     for item in rows:
         yield item

@@ -2,7 +2,8 @@
 this rank's place) and the :class:`Meta` sent along with each micro-batch.
 
 Public API: :class:`Plan`, :class:`Meta`, :func:`worker_slot` ``() -> (worker, workers)`` (``(0, 1)``
-outside a DataLoader worker) and :func:`encode_counted` (encode one record read from a source, counting it).
+outside a DataLoader worker), :func:`encode_counted` (encode one record read from a source, counting it),
+:func:`count` (the counting rule alone) and :func:`located`.
 Used by :mod:`mmtune.data.stream` (stream mode), :mod:`mmtune.data.mapped` (map mode) and
 :mod:`mmtune.data.loader`.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 from torch.utils.data import get_worker_info
 
@@ -19,6 +20,7 @@ from mmtune.data.badrecords import BadRecord
 from mmtune.data.batch import Batch
 from mmtune.data.encode import EncodedSample, RecordEncoder, Skipped
 from mmtune.data.images import ImageTransform, LocatedImage, decode_row_images
+from mmtune.data.lengths import LengthStore
 from mmtune.data.packing import Packer, Row, collate
 from mmtune.data.records import Record
 from mmtune.data.sources import Source
@@ -26,32 +28,42 @@ from mmtune.data.stats import DataStats
 from mmtune.errors import DataError
 
 
-def encode_counted(encoder: RecordEncoder, item: Union[Record, BadRecord], stats: DataStats
-                   ) -> Optional[EncodedSample]:
-    """Encodes a record read from a source, counting it in ``stats``; None for bad or skipped records.
+def located(item: Record) -> Record:
+    """``item`` with its image wrapped in a :class:`~mmtune.data.images.LocatedImage`, so that a decoding
+    failure later names where the record came from."""
+    if item.image is None:
+        return item
+    return dataclasses.replace(item, image=LocatedImage(item.image, item.source, item.extra.get("location", item.key)))
 
-    The image is wrapped in a :class:`~mmtune.data.images.LocatedImage` so that a decoding failure
-    later names where the record came from.
-    """
-    if isinstance(item, BadRecord):
-        stats.add_bad(item)
-        return None
-    counts = stats.of(item.source)
+
+def count(stats: DataStats, source: str, outcome: Union[EncodedSample, Skipped, BadRecord, Any]) -> Optional[Any]:
+    """Counts what one record read from ``source`` became (a sample, a skip or a bad record) in ``stats``;
+    the sample, or None. The one counting rule of the loader, the lengths plan and the data check."""
+    counts = stats.of(source)
     counts.read += 1
-    location = item.extra.get("location", item.key)
-    if item.image is not None:
-        item = dataclasses.replace(item, image=LocatedImage(item.image, item.source, location))
-    try:
-        out = encoder(item)
-    except DataError as exc:
-        stats.add_bad(BadRecord(item.source, location, str(exc)), read=False)
+    if isinstance(outcome, BadRecord):
+        stats.add_bad(outcome, read=False)
         return None
-    if isinstance(out, Skipped):
+    if isinstance(outcome, Skipped):
         counts.skipped += 1
         return None
     counts.samples += 1
-    counts.truncated += int(out.truncated)
-    return out
+    counts.truncated += int(outcome.truncated)
+    return outcome
+
+
+def encode_counted(encoder: RecordEncoder, item: Union[Record, BadRecord], stats: DataStats
+                   ) -> Optional[EncodedSample]:
+    """Encodes a record read from a source (:func:`located`), counting it in ``stats`` (:func:`count`);
+    None for bad or skipped records."""
+    if isinstance(item, BadRecord):
+        return count(stats, item.source, item)
+    item = located(item)
+    try:
+        out: Union[EncodedSample, Skipped, BadRecord] = encoder(item)
+    except DataError as exc:
+        out = BadRecord(item.source, item.extra.get("location", item.key), str(exc))
+    return count(stats, item.source, out)
 
 
 @dataclass
@@ -69,6 +81,8 @@ class Plan:
     world: int
     seed: int
     shuffle_buffer: int
+    lengths: Optional[LengthStore] = None
+    """Map mode: the cached lengths pass the row plan is made from (:mod:`mmtune.data.lengths`)."""
 
     def encode(self, item: Union[Record, BadRecord], stats: DataStats) -> Optional[EncodedSample]:
         """Encodes one record (counting it); None for bad or skipped records."""

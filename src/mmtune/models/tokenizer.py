@@ -133,6 +133,13 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.hf)
 
+    def fingerprint(self) -> str:
+        """A hash of the whole tokenizer (vocabulary, merges, normalisation, special tokens): equal
+        fingerprints encode every text alike (the data layer keys cached lengths by it)."""
+        import hashlib
+
+        return hashlib.sha256(self._start.to_str().encode()).hexdigest()
+
     def encode(self, text: str, continuation: bool = False) -> list[int]:
         """Token ids of ``text`` without BOS/EOS; ``<image>`` (and other special tokens) stay one id.
 
