@@ -136,7 +136,12 @@ class _StepBatches(Dataset):
 def step_loader(steps: list[list[Row]], transform: Optional[Callable], workers: int, device: torch.device) -> DataLoader:
     """A DataLoader yielding one collated batch per step from ``workers`` processes."""
     return DataLoader(_StepBatches(steps, transform), batch_size=None, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+                      pin_memory=pin_memory_for(device), prefetch_factor=4 if workers else None)
+
+
+def pin_memory_for(device: torch.device) -> bool:
+    """Whether batches bound for ``device`` are staged in pinned memory (for asynchronous copies): CUDA only."""
+    return device.type == "cuda"
 
 
 def _reset_peak(device: torch.device) -> None:

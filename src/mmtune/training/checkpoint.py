@@ -313,9 +313,23 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    state.update(cuda_rng_state(torch.cuda))
     return state
+
+
+def cuda_rng_state(cuda: Any) -> dict[str, torch.Tensor]:
+    """``{"cuda": state}`` of the current CUDA device when ``cuda`` (the ``torch.cuda`` module) has one,
+    else ``{}``: the one CUDA branch of saving RNG states."""
+    return {"cuda": cuda.get_rng_state()} if cuda.is_available() else {}
+
+
+def set_cuda_rng_state(cuda: Any, state: dict[str, Any]) -> bool:
+    """Restores ``state["cuda"]`` through ``cuda`` (the ``torch.cuda`` module) when both exist; returns
+    whether it did (a CPU run resuming a GPU checkpoint keeps its own): the one CUDA branch of restoring."""
+    if "cuda" not in state or not cuda.is_available():
+        return False
+    cuda.set_rng_state(state["cuda"])
+    return True
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -327,5 +341,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    set_cuda_rng_state(torch.cuda, state)

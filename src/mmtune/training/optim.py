@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -41,8 +41,13 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
     ``cfg.lr``."""
     groups = param_groups(model, cfg.weight_decay)
     assert groups, "the model has no trainable parameters"
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, fused=fused_adamw(device))
+
+
+def fused_adamw(device: torch.device) -> Optional[bool]:
+    """AdamW's ``fused`` flag for ``device``: True on CUDA and CPU (PyTorch has fused kernels there),
+    None (PyTorch's default for-each) elsewhere."""
+    return True if device.type in ("cuda", "cpu") else None
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
