@@ -29,14 +29,14 @@ class GenerateBenchResult:
 
 
 def hf_causal_lm(llm: Transformer) -> torch.nn.Module:
-    """A ``transformers.LlamaForCausalLM`` holding ``llm``'s weights (same dtype, eval mode)."""
+    """A ``transformers.LlamaForCausalLM`` holding ``llm``'s weights (same dtype and device, eval mode)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf = LlamaForCausalLM(LlamaConfig(**to_hf_config(llm.cfg)))
     state = {k: v for k, v in llm.state_dict().items()}
     hf.load_state_dict(to_hf_state_dict(state, llm.cfg), strict=False)
-    dtype = llm.tok_embeddings.weight.dtype
-    return hf.to(dtype).eval()
+    weight = llm.tok_embeddings.weight
+    return hf.to(device=weight.device, dtype=weight.dtype).eval()
 
 
 def _prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
@@ -51,13 +51,13 @@ def mmtune_run(llm: Transformer, prompts: list[list[int]], n: int) -> Callable[[
 
 def transformers_run(hf: torch.nn.Module, prompts: list[list[int]], n: int) -> Callable[[], object]:
     """A call of transformers' ``generate`` producing exactly ``n`` tokens per prompt (greedy, KV cache)."""
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=hf.device)
     mask = torch.ones_like(ids)
 
     def call() -> object:
         with torch.inference_mode():
             return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, use_cache=True, pad_token_id=0)
+                               do_sample=False, use_cache=True, pad_token_id=0).cpu()  # waits for the device
     return call
 
 

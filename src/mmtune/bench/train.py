@@ -69,6 +69,7 @@ class TrainBenchResult:
     padding_fraction: float
     peak_memory_gb: float
     mfu: Optional[float] = None
+    images_per_s: float = 0.0
     losses: list[float] = field(default_factory=list)
 
 
@@ -174,7 +175,7 @@ class Side:
     loader: DataLoader
     state_gb: Callable[[], float]
     totals: dict = field(default_factory=lambda: dict.fromkeys(
-        ("tokens", "supervised", "samples", "padding", "wait", "time", "transient"), 0.0))
+        ("tokens", "supervised", "samples", "padding", "images", "wait", "time", "transient"), 0.0))
     step_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -226,6 +227,7 @@ def _timed_step(side: Side, batches: Iterator, device: torch.device, timed: bool
     side.step_times.append(elapsed)
     for key in ("tokens", "supervised", "samples", "padding"):
         side.totals[key] += float(getattr(batch, f"num_{key}"))
+    side.totals["images"] += 0.0 if batch.pixel_values is None else float(batch.pixel_values.shape[0])
     side.totals["wait"] += waited
     side.totals["time"] += elapsed
 
@@ -249,7 +251,7 @@ def time_sides(sides: list[Side], device: torch.device, warmup: int, flops_per_t
             side.name, tokens_per_s, t["supervised"] / seconds, t["samples"] / seconds,
             statistics.median(side.step_times), t["wait"] / seconds,
             t["padding"] / max(t["tokens"] + t["padding"], 1.0), side.state_gb() + t["transient"], mfu,
-            side.losses))
+            t["images"] / seconds, side.losses))
     return results
 
 

@@ -1,7 +1,8 @@
 """``mmtune bench``: throughput benchmarks, each against a baseline measured in the same run.
 
 ``bench generate --model DIR``, ``bench train --config CONFIG``, ``bench data --config CONFIG`` (the
-last two take ``--section.field value`` overrides) and ``bench attention`` (packed-row attention paths).
+last two take ``--section.field value`` overrides), ``bench attention`` (packed-row attention paths) and
+``bench gpu`` (the GPU check: :mod:`mmtune.bench.gpu`).
 The table shows each side's figures with the ratio to the baseline (the last row) for throughputs.
 """
 
@@ -52,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--head-dim", type=int, default=32, help="head size (default 32)")
     a.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median counts (default 5)")
     a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c = sub.add_parser("gpu", help="the GPU check on one H100/H200: stage-2 step (MFU, peak vs plan), packed "
+                                   "attention paths, decoding vs transformers; JSON + markdown report")
+    c.add_argument("--out", default="gpu-report", help="folder for gpu-report.json/.md (default gpu-report)")
+    c.add_argument("--tiny", action="store_true", help="toy sizes on CPU in seconds (CUDA-only parts skipped)")
 
 
 def _cell(key: str, value: object, base: object) -> str:
@@ -147,10 +152,24 @@ def _attention(args: argparse.Namespace) -> list:
                                head_dim=args.head_dim, repeats=args.repeats, seed=0)
 
 
+def _gpu(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmtune.bench.gpu import markdown, run_gpu_bench
+    from mmtune.errors import ConfigError
+
+    if args.overrides:
+        raise ConfigError("bench gpu", " ".join(args.overrides), "no --section.field overrides")
+    print(markdown(run_gpu_bench(Path(args.out), tiny=args.tiny)), end="")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen benchmark and prints its table (or JSON)."""
     from dataclasses import asdict
 
+    if args.bench == "gpu":
+        return _gpu(args)
     benches = {"generate": _generate, "train": _train, "data": _data, "attention": _attention}
     results = benches[args.bench](args)
     rows = [asdict(r) for r in results]
