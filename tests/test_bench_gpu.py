@@ -57,3 +57,20 @@ def test_flops_split_counts_the_decoder_and_the_frozen_tower_apart():
     decoder, per_image = gpu.flops_split(cfg)
     assert 6.4e9 * 6 < decoder < 6.8e9 * 6 + 12 * 32 * 4096 * 2048  # ~6.6B non-embedding decoder parameters
     assert 2 * 0.29e9 * 576 < per_image < 2 * 0.32e9 * 577 + 6 * 0.03e9 * 577  # CLIP-L/336 forward per image
+
+
+def test_the_gpu_sizes_are_the_documented_ones():
+    import random
+
+    from mmtune.bench.attention import packed_sample_ids
+
+    shape, bench = gpu.FULL["small_model"], gpu.FULL["attention"]
+    assert (shape["dim"] // shape["n_heads"], shape["n_heads"], shape["n_kv_heads"]) == (64, 32, 4)
+    assert (bench["rows"], bench["length"]) == (4, 2048)
+    ids = packed_sample_ids(bench["rows"], bench["length"], bench["sample_len"], random.Random(0))
+    assert 8 <= float((ids.max(dim=1).values + 1).float().mean()) <= 12  # 8+ samples per row, about 10
+    assert gpu.FULL["decode"] == dict(batch=8, prompt_len=128, new_tokens=64, repeats=3)
+    cfg = gpu.stage2_config(gpu.FULL, None, True)
+    assert (cfg.model.dim, cfg.model.n_layers, cfg.data.max_seq_len, cfg.training.micro_batch_size) == (4096, 32, 2048, 1)
+    assert cfg.parallel.activation_checkpointing and cfg.parallel.compile and cfg.training.dtype == "auto"
+    assert (cfg.trainable.vision, cfg.trainable.connector, cfg.trainable.llm) == ("frozen", "full", "full")

@@ -150,17 +150,25 @@ def _qkv(size: dict, shape: dict, device: torch.device, dtype: torch.dtype) -> l
             for heads in (shape["n_heads"], shape["n_kv_heads"], shape["n_kv_heads"])]
 
 
-def attention_paths(device: torch.device) -> dict[str, Optional[Callable]]:
-    """Each packed-attention path as ``(q, k, v, ids) -> out`` (flex compiled), or None where it needs CUDA."""
+def attention_paths(ids: torch.Tensor) -> dict[str, Optional[Callable]]:
+    """Each packed-attention path as ``(q, k, v) -> out``, planned once for ``ids`` as the decoder does per
+    forward pass (FlexAttention compiled, as inside compiled blocks), or None where the path needs CUDA."""
     from mmtune.models.packed_attention import flex_packed_attention, packed_rows
 
-    def along(path: str) -> Callable:
-        return lambda q, k, v, ids: packed_rows(ids, path).attend(q, k, v)
+    cuda = ids.device.type == "cuda"
+    paths: dict[str, Optional[Callable]] = {name: packed_rows(ids, name).attend for name in ("loop", "masked")}
+    paths["varlen"] = packed_rows(ids, "varlen").attend if cuda else None
+    paths["flex"] = None
+    if cuda:
+        flex, block_mask = torch.compile(flex_packed_attention), packed_rows(ids, "flex").block_mask
+        paths["flex"] = lambda q, k, v: flex(q, k, v, block_mask)
+    return paths
 
-    cuda = device.type == "cuda"
-    flex = torch.compile(flex_packed_attention) if cuda else None
-    return {"loop": along("loop"), "masked": along("masked"), "varlen": along("varlen") if cuda else None,
-            "flex": (lambda q, k, v, ids: flex(q, k, v, packed_rows(ids, "flex").block_mask)) if cuda else None}
+
+def _forward_backward(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: torch.device) -> None:
+    fn(q, k, v).float().sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def attention_section(size: dict, device: torch.device) -> dict:
@@ -169,17 +177,17 @@ def attention_section(size: dict, device: torch.device) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ids = packed_sample_ids(bench["rows"], bench["length"], bench["sample_len"], random.Random(0)).to(device)
     q, k, v = _qkv(bench, shape, device, dtype)
-    paths = attention_paths(device)
+    paths = attention_paths(ids)
     runnable = {name: fn for name, fn in paths.items() if fn is not None}
-    reference = runnable["loop"](q, k, v, ids).detach()
-    calls = [lambda fn=fn: fn(q, k, v, ids).float().sum().backward() for fn in runnable.values()]
+    reference = runnable["loop"](q, k, v).detach()
+    calls = [lambda fn=fn: _forward_backward(fn, q, k, v, device) for fn in runnable.values()]
     seconds = dict(zip(runnable, interleaved_medians(calls, bench["repeats"])))
     rows = []
     for name, fn in paths.items():
         if fn is None:
             rows.append({"path": name, "status": NEEDS_CUDA})
             continue
-        diff = (fn(q, k, v, ids).detach().float() - reference.float()).abs().max().item()
+        diff = (fn(q, k, v).detach().float() - reference.float()).abs().max().item()
         rows.append({"path": name, "ms": seconds[name] * 1e3, "speedup_vs_loop": seconds["loop"] / seconds[name],
                      "max_abs_diff_vs_loop": diff})
     samples = float((ids.max(dim=1).values + 1).float().mean())
