@@ -1,7 +1,8 @@
 """Packed-row attention: the path chosen per device, and every path equal to the per-sample loop.
 
 The loop, masked and flex paths run here on CPU (flex forward only: FlexAttention has no CPU backward in
-torch 2.13); varlen is CUDA-only, so its tests are skipped without CUDA and run as they are on a GPU.
+torch 2.13); the varlen kernel is CUDA-only: on CPU a stand-in kernel checks what the path hands it
+(flattened rows, cumulative lengths, causal window, GQA), and the kernel itself is tested on a GPU.
 """
 
 from __future__ import annotations
@@ -91,3 +92,50 @@ def test_cuda_paths_equal_the_loop_with_gradients_in_bf16(path, heads_kv):
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     for g, r in zip(grads, torch.autograd.grad(ref.float().square().sum(), (q, k, v))):
         torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)
+
+
+def test_varlen_path_flattens_the_rows_and_calls_the_kernel_with_the_runs(monkeypatch):
+    """The CUDA kernel is replaced by a CPU stand-in that attends causally within each ``cu_seqlens`` run:
+    the flattening, the cumulative lengths, causality and GQA reach the kernel as the kernel expects."""
+    import torch.nn.attention.varlen as varlen_module
+    import torch.nn.functional as F
+
+    calls = []
+
+    def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size, enable_gqa):
+        calls.append((cu_q.tolist(), cu_k is cu_q, max_q, max_k, window_size, enable_gqa, tuple(k.shape)))
+        out = torch.empty_like(q)
+        bounds = cu_q.tolist()
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            run = [z[s:e].transpose(0, 1) for z in (q, k, v)]
+            out[s:e] = F.scaled_dot_product_attention(*run, is_causal=True, enable_gqa=enable_gqa).transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", stand_in)
+    q, k, v = _qkv(2)
+    out, ref = packed_rows(IDS, "varlen").attend(q, k, v), _loop(q, k, v, IDS)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    assert calls == [([0, 3, 5, 9, 11, 12, 17, 24], True, 7, 7, (-1, 0), True, (24, 2, 16))]
+
+
+def test_the_decoder_gives_the_same_logits_and_gradients_on_each_cpu_path(monkeypatch):
+    import mmtune.models.llama as llama
+    from mmtune.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = llama.Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97,
+                                          max_seq_len=12))
+    model.init_weights()
+    tokens = torch.randint(0, 97, IDS.shape)
+    results = []
+    for path in ("loop", "masked"):
+        monkeypatch.setattr(llama, "packed_attention_path", lambda *a, chosen=path: chosen)
+        model.zero_grad()
+        logits = model(tokens, sample_ids=IDS)
+        logits.square().mean().backward()
+        results.append((logits.detach(), model.layers[0].attention.wk.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
