@@ -388,7 +388,8 @@ def run_train_bench(cfg: Config, *, steps: int = 8, warmup: int = 2, sides: Sequ
         if env.world_size != 1:
             raise ConfigError("bench train", f"{env.world_size} processes", "one process (no torchrun)")
         torch.manual_seed(cfg.training.seed)  # the trainer builds its weights from the same seed
-        source = build_model(cfg, cfg.model.vocab_size - 1, device="cpu")  # transformers embeds the image id
+        # Weights only for the transformers twin (it embeds the image id); else shapes suffice (meta device).
+        source = build_model(cfg, cfg.model.vocab_size - 1, device="cpu" if "transformers" in sides else "meta")
         transform = photos = None
         if source.vision is not None:
             transform = ImageTransform.from_vision(cfg.vision)
