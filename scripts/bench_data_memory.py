@@ -2,7 +2,7 @@
 opened as a source, then read by a forked process as a DataLoader worker would; and the speed of
 ``mmtune data check`` on an Alpaca JSONL file.
 
-    .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem [--records 1000000] [--src other/checkout/src]
+    .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem [--records 1000000] [--json] [--src other/checkout/src]
     .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem --check 100000 [--processes 2]
 
 ``--src`` runs another checkout's code on the same file (the "before" figures of docs/benchmarks.md). It
@@ -50,14 +50,19 @@ print(json.dumps({'records': len(source), 'rss_before_mib': before, 'rss_opened_
 
 
 def write_manifest(path: Path, records: int) -> None:
-    """``records`` caption entries, one JSON object a line (image paths need not exist: not decoded here)."""
+    """``records`` caption entries, one JSON object a line, or one JSON list for a ``.json`` path (image
+    paths need not exist: not decoded here)."""
     if path.is_file():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    as_list = path.suffix == ".json"
     with open(path, "w") as f:
+        f.write("[" if as_list else "")
         for i in range(records):
-            f.write(json.dumps({"image": f"/data/images/{i:08d}.jpg", "caption": f"a photo number {i} of a shape "
-                                "on a plain background, seen from the side"}) + "\n")
+            entry = json.dumps({"image": f"/data/images/{i:08d}.jpg", "caption": f"a photo number {i} of a shape "
+                                "on a plain background, seen from the side"})
+            f.write((", " if i else "") + entry if as_list else entry + "\n")
+        f.write("]" if as_list else "")
 
 
 def bench_check(work: Path, records: int, processes: int, src: str) -> None:
@@ -83,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--json", action="store_true", help="one JSON list instead of JSONL")
     parser.add_argument("--check", type=int, default=0, metavar="N", help="time mmtune data check on N records")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"))
@@ -91,7 +97,7 @@ def main() -> None:
     if args.check:
         bench_check(args.work, args.check, args.processes, args.src)
         return
-    manifest = args.work / f"captions-{args.records}.jsonl"
+    manifest = args.work / f"captions-{args.records}.{'json' if args.json else 'jsonl'}"
     write_manifest(manifest, args.records)
     env = dict(os.environ, PYTHONPATH=args.src)
     out = subprocess.run([sys.executable, "-c", MEASURE, str(manifest)], env=env, check=True, capture_output=True,

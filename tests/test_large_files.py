@@ -1,5 +1,6 @@
-"""Large manifests: a local JSONL file is read through an index of byte offsets (entries read on demand,
-in forked workers too), so memory does not hold the entries; scripts/bench_data_memory.py measures it."""
+"""Large manifests: a local JSONL file or JSON list is read through an index of byte offsets (entries read
+on demand, in forked workers too), so memory does not hold the entries; scripts/bench_data_memory.py
+measures it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import multiprocessing
 import pickle
 
+import pytest
+
 from data_factory import png_bytes
 from mmtune.config import SourceConfig
 from mmtune.data.badrecords import BadRecord
 from mmtune.data.sources import open_source
-from mmtune.data.sources.tables import LineIndex, read_table
+from mmtune.data.sources.tables import OffsetIndex, read_table
+from mmtune.errors import DataError
 
 
 def _jsonl(path, n: int):
@@ -33,7 +37,7 @@ def _entry(args):
 def test_a_local_jsonl_file_is_read_through_byte_offsets(tmp_path):
     items = _jsonl(tmp_path / "big.jsonl", 200)
     table = read_table(str(tmp_path / "big.jsonl"), "big")
-    assert isinstance(table.entries, LineIndex) and len(table) == 200
+    assert isinstance(table.entries, OffsetIndex) and len(table) == 200
     assert [table.entry(i) for i in range(200)] == items
     assert table.location(3) == f"{tmp_path}/big.jsonl:5" and table.location(4) == f"{tmp_path}/big.jsonl:7"
     assert [b.location for b in table.bad] == [f"{tmp_path}/big.jsonl:4"]
@@ -52,12 +56,19 @@ def test_an_indexed_manifest_gives_the_same_records(tmp_path):
     assert [b.location for b in source.load_bad] == [f"{tmp_path}/big.jsonl:4"]
 
 
-def test_a_json_list_and_a_remote_jsonl_file_are_held_in_memory(tmp_path):
+def test_a_local_json_list_is_indexed_and_a_remote_file_held_in_memory(tmp_path, monkeypatch):
     from http_factory import serve
+    from mmtune.data.sources import tables
 
     items = _jsonl(tmp_path / "big.jsonl", 5)
-    (tmp_path / "big.json").write_text(json.dumps(items))
-    assert isinstance(read_table(str(tmp_path / "big.json"), "big").entries, list)
+    (tmp_path / "big.json").write_text(json.dumps([items[0], 7, *items[1:]], indent=1, ensure_ascii=False))
+    monkeypatch.setattr(tables, "_CHUNK", 16)  # elements cut by chunk ends are read on
+    table = read_table(str(tmp_path / "big.json"), "big")
+    assert isinstance(table.entries, OffsetIndex) and [table.entry(i) for i in range(5)] == items
+    assert [(b.location, b.reason) for b in table.bad] == [(f"{tmp_path}/big.json[1]", "a int, not an object")]
+    (tmp_path / "cut.json").write_text(json.dumps(items)[:-30])
+    with pytest.raises(DataError, match="cut.json: not valid JSON"):
+        read_table(str(tmp_path / "cut.json"), "cut")
     with serve(tmp_path) as (url, _):
         remote = read_table(f"{url}/big.jsonl", "big")
     assert isinstance(remote.entries, list) and remote.entries == items
