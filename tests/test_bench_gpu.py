@@ -17,6 +17,7 @@ def test_tiny_run_writes_every_field_of_the_json_and_markdown_report(tmp_path, c
     report = json.loads((tmp_path / "gpu-report.json").read_text())
     md = (tmp_path / "gpu-report.md").read_text()
     assert capsys.readouterr().out == md and report["tiny"] and report["device"] == "CPU (--tiny)"
+    assert report["errors"] == [] and "Failed parts" not in md
     assert report["targets"] == {"mfu_decoder": 0.45, "peak_vs_plan": 0.10, "varlen_speedup_vs_loop": 3.0}
     train = report["train"]
     assert train["layers_for_80gb_card"] == 20  # of LLaVA-1.5-7B's 32, full AdamW state on 80 GB by the plan
@@ -74,3 +75,30 @@ def test_the_gpu_sizes_are_the_documented_ones():
     assert (cfg.model.dim, cfg.model.n_layers, cfg.data.max_seq_len, cfg.training.micro_batch_size) == (4096, 32, 2048, 1)
     assert cfg.parallel.activation_checkpointing and cfg.parallel.compile and cfg.training.dtype == "auto"
     assert (cfg.trainable.vision, cfg.trainable.connector, cfg.trainable.llm) == ("frozen", "full", "full")
+
+
+def test_a_failing_part_is_recorded_the_rest_reported_and_the_command_exits_1(tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(gpu, "train_row", out_of_memory)
+    assert cli.main(["bench", "gpu", "--tiny", "--out", str(tmp_path)]) == 1
+    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    status = "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert report["train"]["rows"][0] == {"compile": False, "status": status} and report["errors"] == [status]
+    assert report["attention"]["paths"][1]["ms"] > 0 and report["decode"]["rows"][0]["decode_tokens_per_s"] > 0
+    assert "Failed parts: 1" in capsys.readouterr().out
+
+
+def test_a_failing_attention_path_is_recorded_and_the_others_timed(monkeypatch):
+    real = gpu.attention_paths
+
+    def with_a_broken_masked_path(ids):
+        paths = real(ids)
+        paths["masked"] = lambda q, k, v: (_ for _ in ()).throw(RuntimeError("no kernel image for this card"))
+        return paths
+
+    monkeypatch.setattr(gpu, "attention_paths", with_a_broken_masked_path)
+    rows = {row["path"]: row for row in gpu.attention_section(gpu.TINY, torch.device("cpu"))["paths"]}
+    assert rows["masked"] == {"path": "masked", "status": "error: RuntimeError: no kernel image for this card"}
+    assert rows["loop"]["ms"] > 0 and rows["varlen"]["status"] == "skipped: needs CUDA"

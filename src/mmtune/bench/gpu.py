@@ -21,6 +21,7 @@ with gradients, compile) is reported as skipped.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +34,8 @@ from mmtune.bench.timing import interleaved_medians
 from mmtune.config import Config, ModelConfig, load_config
 from mmtune.errors import MMTuneError
 from mmtune.planning import GB, Layout, Workload, count_parameters, estimate, tower_size
+
+log = logging.getLogger(__name__)
 
 NEEDS_CUDA = "skipped: needs CUDA"
 TARGETS = {"mfu_decoder": 0.45, "peak_vs_plan": 0.10, "varlen_speedup_vs_loop": 3.0}
@@ -52,6 +55,19 @@ TINY = {"train_model": ["--model.dim", "64", "--model.n_layers", "2", "--model.n
         "attention": dict(rows=2, length=128, sample_len=12, repeats=1),
         "decode": dict(batch=2, prompt_len=8, new_tokens=4, repeats=1),
         "steps": (1, 1)}
+
+
+def guarded(what: str, fn: Callable[[], dict], row: dict) -> dict:
+    """``fn()``, or ``row`` with ``status: error: ...`` when it raises, so that one failing part (an OOM, a
+    kernel missing on this card) leaves the rest of the report; the command then exits 1."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - recorded in the report and logged with its traceback
+        log.exception("bench gpu: %s failed", what)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {**row, "status": f"error: {type(exc).__name__}: {first}"[:300]}
 
 
 def require_device(tiny: bool) -> torch.device:
@@ -139,7 +155,8 @@ def train_section(size: dict, device: torch.device, tiny: bool) -> dict:
         if compiled and tiny:
             rows.append({"compile": True, "status": "skipped: compile of the blocks is measured on the GPU run"})
             continue
-        rows.append(train_row(cfg, compiled, planned, device, size))
+        rows.append(guarded(f"stage-2 step (compile={compiled})",
+                            lambda: train_row(cfg, compiled, planned, device, size), {"compile": compiled}))
     return {"card_gb": card_gb, "layers_for_80gb_card": layers_80gb, "rows": rows}
 
 
@@ -178,14 +195,17 @@ def attention_section(size: dict, device: torch.device) -> dict:
     ids = packed_sample_ids(bench["rows"], bench["length"], bench["sample_len"], random.Random(0)).to(device)
     q, k, v = _qkv(bench, shape, device, dtype)
     paths = attention_paths(ids)
-    runnable = {name: fn for name, fn in paths.items() if fn is not None}
+    failed = {name: guarded(f"attention path {name}", lambda fn=fn: _forward_backward(fn, q, k, v, device) or {},
+                            {"path": name}) for name, fn in paths.items() if fn is not None}
+    failed = {name: row for name, row in failed.items() if row}
+    runnable = {name: fn for name, fn in paths.items() if fn is not None and name not in failed}
     reference = runnable["loop"](q, k, v).detach()
     calls = [lambda fn=fn: _forward_backward(fn, q, k, v, device) for fn in runnable.values()]
     seconds = dict(zip(runnable, interleaved_medians(calls, bench["repeats"])))
     rows = []
     for name, fn in paths.items():
-        if fn is None:
-            rows.append({"path": name, "status": NEEDS_CUDA})
+        if fn is None or name in failed:
+            rows.append(failed.get(name, {"path": name, "status": NEEDS_CUDA}))
             continue
         diff = (fn(q, k, v).detach().float() - reference.float()).abs().max().item()
         rows.append({"path": name, "ms": seconds[name] * 1e3, "speedup_vs_loop": seconds["loop"] / seconds[name],
@@ -206,8 +226,11 @@ def decode_section(size: dict, device: torch.device) -> dict:
     llm.init_weights()
     if device.type == "cuda":
         llm.to(torch.bfloat16)
-    results = run_generate_bench(llm, **size["decode"])
-    return {"batch": size["decode"]["batch"], "rows": [asdict(r) for r in results]}
+    rows = guarded("decoding", lambda: {"rows": [asdict(r) for r in run_generate_bench(llm, **size["decode"])]},
+                   {"rows": [{"name": "mmtune and transformers"}]})
+    if "status" in rows:
+        rows["rows"][0]["status"] = rows.pop("status")
+    return {"batch": size["decode"]["batch"], **rows}
 
 
 def _fmt(value: object) -> str:
@@ -230,6 +253,8 @@ def markdown(report: dict) -> str:
     train, attention, decode = report["train"], report["attention"], report["decode"]
     lines = [f"# mmtune bench gpu: {report['device']}", "",
              "Targets: " + ", ".join(f"{k} {v}" for k, v in report["targets"].items()), "",
+             *([f"Failed parts: {len(report['errors'])} (status column; tracebacks in the log)", ""]
+               if report["errors"] else []),
              f"## Stage-2 step ({train['card_gb']:.0f} GiB card; {train['layers_for_80gb_card']} of 32 "
              "LLaVA-1.5-7B decoder layers fit an 80 GB card)", "", *_table(train["rows"]), "",
              f"## Packed attention ({attention['rows_x_length'][0]} rows of {attention['rows_x_length'][1]}, "
@@ -240,13 +265,15 @@ def markdown(report: dict) -> str:
 
 def run_gpu_bench(out_dir: Path, tiny: bool = False) -> dict:
     """Runs the three sections, writes ``gpu-report.json`` and ``gpu-report.md`` to ``out_dir``, returns
-    the report."""
+    the report (``errors``: the status of every part that failed)."""
     device = require_device(tiny)
     size = TINY if tiny else FULL
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (--tiny)"
     report = {"device": name, "tiny": tiny, "torch": torch.__version__, "targets": TARGETS,
               "train": train_section(size, device, tiny), "attention": attention_section(size, device),
               "decode": decode_section(size, device)}
+    report["errors"] = [row["status"] for row in report["train"]["rows"] + report["attention"]["paths"]
+                        + report["decode"]["rows"] if str(row.get("status", "")).startswith("error")]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gpu-report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "gpu-report.md").write_text(markdown(report))

@@ -160,8 +160,9 @@ def _gpu(args: argparse.Namespace) -> int:
 
     if args.overrides:
         raise ConfigError("bench gpu", " ".join(args.overrides), "no --section.field overrides")
-    print(markdown(run_gpu_bench(Path(args.out), tiny=args.tiny)), end="")
-    return 0
+    report = run_gpu_bench(Path(args.out), tiny=args.tiny)
+    print(markdown(report), end="")
+    return 1 if report["errors"] else 0
 
 
 def run(args: argparse.Namespace) -> int:
