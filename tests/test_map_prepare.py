@@ -96,3 +96,57 @@ def test_the_lengths_cache_follows_the_data_the_settings_and_the_epoch_of_captio
     shorter = store(cfg)
     shorter.get(0, 0)
     assert shorter.computed == 1
+
+
+def test_balanced_steps_give_each_step_the_rows_of_one_rank_with_less_spread(tmp_path, llama_tokenizer_dir):
+    items = [{"instruction": f"Say {i}", "input": "", "output": " ".join(["word"] * (1 + (i * 7) % 23))}
+             for i in range(24)]
+    alpaca = write_json(tmp_path / "alpaca.json", items)
+    tok = Tokenizer.from_path(llama_tokenizer_dir)
+
+    def steps(world: int, balance: bool) -> list[list[list]]:
+        cfg = config([SourceConfig(path=str(alpaca), template="alpaca")], micro=4 // world, max_seq_len=48,
+                     cache_dir=str(tmp_path / "cache"), balance=balance, image_cost=5)
+        ranks = [list(caption_loader(cfg, tok, rank=r, world=world)) for r in range(world)]
+        return [[b for b in step] for step in zip(*ranks)]
+
+    one, plain, balanced = steps(1, False), steps(2, False), steps(2, True)
+    assert len(one) == len(balanced) == 6
+    for a, b in zip(one, balanced):
+        assert sorted(a[0].keys) == sorted(b[0].keys + b[1].keys)  # the same rows every step
+    assert [s[0].keys for s in steps(2, True)] == [s[0].keys for s in balanced]  # deterministic
+
+    def spread(step) -> float:
+        tokens = [b.num_tokens for b in step]
+        return max(tokens) * len(tokens) / sum(tokens)
+
+    assert sum(map(spread, balanced)) < sum(map(spread, plain))
+    assert all(spread(b) <= spread(p) for b, p in zip(balanced, plain))
+
+    cfg = config([SourceConfig(path=str(alpaca), template="alpaca")], micro=2, max_seq_len=48,
+                 cache_dir=str(tmp_path / "cache"), balance=True, image_cost=5)
+    first = caption_loader(cfg, tok, rank=1, world=2)
+    batches = iter(first)
+    taken = [next(batches) for _ in range(2)]
+    resumed = caption_loader(cfg, tok, rank=1, world=2)
+    resumed.load_state_dict(first.state_dict())
+    assert [b.keys for b in resumed] == [s[1].keys for s in balanced[2:]]  # resume exact
+    assert [t.keys for t in taken] == [s[1].keys for s in balanced[:2]]
+
+
+def test_rank_rows_deals_by_cost_to_the_least_loaded_rank_with_room():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mmtune.data.lengths import Lengths
+    from mmtune.data.mapped import rank_rows
+
+    lengths = Lengths(np.array([10, 40, 30, 20]), np.zeros(4, bool), np.array([0, 0, 1, 0]))
+    store = SimpleNamespace(get=lambda s, e: lengths)
+    group = [(0, [(0, 0)]), (0, [(0, 1)]), (0, [(0, 2)]), (0, [(0, 3)])]
+    plan = SimpleNamespace(micro=2, world=2, balance=15, lengths=store)
+    # costs 10, 40, 45 (30 + an image of 15), 20: 45 -> rank 0, 40 -> rank 1, 20 -> rank 1, 10 -> rank 0
+    assert rank_rows(plan, group) == [[group[0], group[2]], [group[1], group[3]]]
+    plan.balance = None
+    assert rank_rows(plan, group) == [group[:2], group[2:]]

@@ -140,5 +140,6 @@ def test_a_tiny_training_run_reads_http_shards(tmp_path, capsys, caplog):
     assert code == 0, capsys.readouterr().err[-2000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m][-1] == 4
+    assert metrics[-1]["token_spread"] == 1.0  # one rank: the busiest holds the mean
     assert {name for name, _ in behaviour.requests} >= {"00000.tar", "00001.tar", "00002.tar"}
     assert "bad record skipped" not in caplog.text

@@ -236,6 +236,11 @@ class DataConfig:
     """DataLoader worker processes per rank (0 loads in the training process)."""
     shuffle_buffer: int = 1000
     """Samples held for shuffling streamed shards."""
+    balance: bool = False
+    """Map mode: split each group of ranks x micro_batch_size rows over the ranks by cost (tokens plus
+    image_cost per image) instead of in order; the rows of every step stay those of one rank."""
+    image_cost: int = 0
+    """With balance: the extra cost of one image, in tokens (the vision tower's work), on top of its positions."""
     cache_dir: Optional[str] = None
     """Where map mode keeps the lengths of every entry it plans rows from (computed once per data, settings
     and tokenizer); null: $XDG_CACHE_HOME/mmtune/lengths (~/.cache/mmtune/lengths)."""
@@ -249,6 +254,8 @@ class DataConfig:
             raise ConfigError(f"{path}.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1]")
         if self.num_workers < 0:
             raise ConfigError(f"{path}.num_workers", self.num_workers, "0 or more")
+        if self.image_cost < 0:
+            raise ConfigError(f"{path}.image_cost", self.image_cost, "0 or more")
         for i, source in enumerate(self.sources):
             source.check(f"{path}.sources[{i}]")
 

@@ -5,7 +5,7 @@ needs no tokenisation on the ranks (see :mod:`mmtune.data.mapped`).
 Public API:
 
 * :class:`Lengths` (``lengths``: int32 per entry, :data:`BAD` or :data:`SKIPPED` for records that give
-  no sample; ``truncated``; ``bad``: entry -> (location, reason); ``outcome(index, source)``).
+  no sample; ``truncated``; ``images``; ``bad``: entry -> (location, reason); ``outcome(index, source)``).
 * :class:`LengthStore` ``(sources, encoder, seed, cache_dir)``: ``store.get(s, epoch) -> Lengths`` for
   source ``s``; computed with the run's own encoder (:func:`lengths_pass`, a progress bar) the first time,
   then read from ``{cache_dir}/{key}.npz``. The key hashes the source's files (their bytes; a URL by its
@@ -39,7 +39,7 @@ BAD = -2
 """Length code of an entry that is a bad record."""
 SKIPPED = -1
 """Length code of an entry the encoder skips (too long, nothing supervised, image without a tower)."""
-VERSION = 1
+VERSION = 2
 
 
 def default_cache_dir() -> str:
@@ -68,6 +68,8 @@ class Lengths:
 
     lengths: np.ndarray
     truncated: np.ndarray
+    images: np.ndarray
+    """Images per entry (what a sample costs the vision tower)."""
     bad: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def outcome(self, index: int, source: str, handle: tuple[int, int]) -> Union[Planned, Skipped, BadRecord]:
@@ -86,6 +88,7 @@ def lengths_pass(source: MapSource, encoder: RecordEncoder, epoch: int, seed: in
 
     lengths = np.zeros(len(source), dtype=np.int32)
     truncated = np.zeros(len(source), dtype=bool)
+    images = np.zeros(len(source), dtype=np.int8)
     bad: dict[int, tuple[str, str]] = {}
     for i in tqdm(range(len(source)), desc=f"lengths of {source.name}", unit="entry", disable=not progress,
                   leave=False):
@@ -101,8 +104,8 @@ def lengths_pass(source: MapSource, encoder: RecordEncoder, epoch: int, seed: in
         if isinstance(out, Skipped):
             lengths[i] = SKIPPED
         else:
-            lengths[i], truncated[i] = len(out), out.truncated
-    return Lengths(lengths, truncated, bad)
+            lengths[i], truncated[i], images[i] = len(out), out.truncated, out.n_images
+    return Lengths(lengths, truncated, images, bad)
 
 
 def _file_hash(path: str) -> str:
@@ -169,11 +172,12 @@ class LengthStore:
 def _write(path: Path, lengths: Lengths) -> None:
     bad = json.dumps({str(k): v for k, v in lengths.bad.items()})
     partial = path.with_suffix(".partial.npz")
-    np.savez(partial, lengths=lengths.lengths, truncated=lengths.truncated, bad=np.array(bad))
+    np.savez(partial, lengths=lengths.lengths, truncated=lengths.truncated, images=lengths.images,
+             bad=np.array(bad))
     partial.replace(path)
 
 
 def _read(path: Path) -> Lengths:
     with np.load(path) as data:
         bad = {int(k): tuple(v) for k, v in json.loads(str(data["bad"])).items()}
-        return Lengths(data["lengths"], data["truncated"], bad)  # type: ignore[arg-type]
+        return Lengths(data["lengths"], data["truncated"], data["images"], bad)  # type: ignore[arg-type]

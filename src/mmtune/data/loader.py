@@ -196,7 +196,7 @@ def build_loader(cfg: Config, processor: Processor, *, rank: int, world_size: in
             lengths.get(s, 0)  # the lengths pass (or its cache) before the workers fork
     plan = Plan(sources, encoder, data.batching, tokenizer.pad_id, tokenizer.image_token_id,
                 transform, cfg.training.micro_batch_size, rank, world_size, seed, max(data.shuffle_buffer, 1),
-                lengths)
+                lengths, data.image_cost if data.balance else None)
     loader = Loader(plan, num_workers=data.num_workers, max_bad_fraction=data.max_bad_fraction)
     if loader.streaming and rank == 0:
         shards = sum(len(s.shards) for s in plan.sources if isinstance(s, ShardSource))

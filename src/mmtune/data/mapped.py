@@ -14,7 +14,8 @@ nothing) the rows of the epoch before that position. The counts of the records r
 (:func:`~mmtune.data.plan.count`), so every rank counts the whole sequence, as before.
 
 Public API: :func:`map_rows` (the global row sequence of handles), :func:`map_groups` (its groups of
-``W * micro`` rows), :func:`build_rows` (planned rows -> rows), :func:`until_last` (rows up to the epoch's
+``W * micro`` rows), :func:`rank_rows` (a group's rows per rank, in order or balanced by cost with
+``data.balance``), :func:`row_cost`, :func:`build_rows` (planned rows -> rows), :func:`until_last` (rows up to the epoch's
 last), :class:`MapStream` (this rank's micro-batches).
 """
 
@@ -123,12 +124,36 @@ class MapStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Batch, Meta]]:
         w, n = worker_slot()
         stats = DataStats()
-        lo, hi = self.plan.rank * self.plan.micro, (self.plan.rank + 1) * self.plan.micro
         for g, (group, ends, following) in enumerate(map_groups(self.plan, self.position, stats)):
             delta = stats.take()
             if g % n == w:
-                batch = self.plan.collate(build_rows(self.plan, group[lo:hi]), delta)
+                batch = self.plan.collate(build_rows(self.plan, rank_rows(self.plan, group)[self.plan.rank]), delta)
                 yield batch, Meta(w, following, ends, delta)
+
+
+def row_cost(plan: Plan, epoch: int, handles: list, image_cost: int) -> int:
+    """A planned row's cost: its tokens plus ``image_cost`` per image."""
+    assert plan.lengths is not None
+    tables = [plan.lengths.get(s, epoch) for s, _ in handles]
+    return sum(int(t.lengths[i]) + image_cost * int(t.images[i]) for t, (_, i) in zip(tables, handles))
+
+
+def rank_rows(plan: Plan, group: list[tuple[int, list]]) -> list[list[tuple[int, list]]]:
+    """Each rank's ``micro`` rows of a group. In order (rank r: rows ``r*micro ..``), or with
+    ``plan.balance`` by cost: rows from the costliest down (ties: the earlier row), each to the rank
+    with the least cost so far among those with room (ties: the lower rank), each rank's rows kept in
+    group order. Deterministic, and the same on every rank."""
+    micro = plan.micro
+    if plan.balance is None:
+        return [group[r * micro:(r + 1) * micro] for r in range(plan.world)]
+    costs = [row_cost(plan, e, handles, plan.balance) for e, handles in group]
+    loads = [0] * plan.world
+    taken: list[list[int]] = [[] for _ in range(plan.world)]
+    for j in sorted(range(len(group)), key=lambda j: (-costs[j], j)):
+        r = min((r for r in range(plan.world) if len(taken[r]) < micro), key=lambda r: (loads[r], r))
+        loads[r] += costs[j]
+        taken[r].append(j)
+    return [[group[j] for j in sorted(rows)] for rows in taken]
 
 
 def until_last(rows: Iterator[tuple[int, int, list, bool]]) -> Iterator[tuple[int, int, list, bool]]:

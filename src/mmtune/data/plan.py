@@ -83,6 +83,9 @@ class Plan:
     shuffle_buffer: int
     lengths: Optional[LengthStore] = None
     """Map mode: the cached lengths pass the row plan is made from (:mod:`mmtune.data.lengths`)."""
+    balance: Optional[int] = None
+    """Map mode: None deals each group's rows over the ranks in order; else by cost, this being the extra
+    cost of one image in tokens (:func:`mmtune.data.mapped.rank_rows`)."""
 
     def encode(self, item: Union[Record, BadRecord], stats: DataStats) -> Optional[EncodedSample]:
         """Encodes one record (counting it); None for bad or skipped records."""

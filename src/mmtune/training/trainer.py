@@ -271,7 +271,8 @@ class Trainer:
                   "supervised_tokens_per_s": w["supervised"] / elapsed, "samples_per_s": w["samples"] / elapsed,
                   "supervised_tokens": result.counts["supervised"], "step_time_s": elapsed / w["steps"],
                   "data_wait_fraction": w["waited"] / elapsed, "peak_memory_gb": peak_memory_gb(self.env.device),
-                  "skipped": result.skipped, "skipped_total": self.skipped}
+                  "skipped": result.skipped, "skipped_total": self.skipped,
+                  "token_spread": result.counts["tokens_max_rank"] * self.env.dp_size / max(result.counts["tokens"], 1)}
         peak = peak_flops(self.env.device)
         if peak and self.flops_per_token:
             record["mfu"] = self.flops_per_token * w["tokens"] / elapsed / (peak * self.env.world_size)
