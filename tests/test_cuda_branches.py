@@ -59,3 +59,13 @@ def test_rng_states_round_trip():
     again = (random.random(), torch.rand(3))
     assert again[0] == expected[0] and torch.equal(again[1], expected[1])
     assert ("cuda" in state) is torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("card, expected", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                                            ("NVIDIA GeForce GT 710", None)])
+def test_mfu_peak_is_read_from_the_card_name_and_absent_on_cpu(card, expected, monkeypatch):
+    from mmtune.training.metrics import peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: card)
+    assert peak_flops(torch.device("cuda", 0)) == expected
+    assert peak_flops(torch.device("cpu")) is None

@@ -139,3 +139,54 @@ def test_the_decoder_gives_the_same_logits_and_gradients_on_each_cpu_path(monkey
         results.append((logits.detach(), model.layers[0].attention.wk.weight.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_block_on_the_flex_path_equals_the_loop_without_recompiling_per_packing(monkeypatch):
+    """A decoder block compiled in place (as on CUDA, where compiled blocks take FlexAttention), forward on
+    CPU: q/k come out of RoPE's view_as_real, which inductor's flex lowering could not take before they
+    were made contiguous; a new block mask per forward pass (another packing) reuses the compiled code."""
+    import torch._dynamo
+
+    from mmtune.config import ModelConfig
+    from mmtune.models.llama import Transformer, rope_rotation
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=48))
+    model.init_weights()
+    block, t = model.layers[0], 48
+    x, positions = torch.randn(2, t, 64), torch.arange(t).expand(2, t)
+    rotation = rope_rotation(model.rope_cos[positions], model.rope_sin[positions])
+
+    def ids(cut: int) -> torch.Tensor:
+        return torch.tensor([[0] * cut + [1] * (t - cut - 2) + [-1] * 2, [0] * t])
+
+    with torch.no_grad():
+        expected = {cut: block(x, rotation, packed_rows(ids(cut), "loop")) for cut in (20, 13)}
+        block.compile()
+        for cut in (20, 13, 20):
+            torch.testing.assert_close(block(x, rotation, packed_rows(ids(cut), "flex")), expected[cut],
+                                       rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+@needs_cuda
+def test_on_cuda_the_decoder_takes_varlen_eager_and_flex_compiled_with_the_loop_s_logits():
+    from mmtune.config import ModelConfig
+    from mmtune.models.llama import Transformer
+
+    torch.manual_seed(0)
+    with torch.device(CUDA):
+        model = Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=12))
+    model.init_weights()
+    model.to(torch.bfloat16)
+    tokens, ids = torch.randint(0, 97, IDS.shape, device=CUDA), IDS.to(CUDA)
+    with torch.no_grad():
+        eager = model(tokens, sample_ids=ids)
+        for layer in model.layers:
+            layer.compile()
+        compiled = model(tokens, sample_ids=ids)
+    assert packed_attention_path(CUDA, torch.bfloat16, False, 12) == "varlen"
+    assert packed_attention_path(CUDA, torch.bfloat16, True, 12) == "flex"
+    torch.testing.assert_close(compiled.float(), eager.float(), rtol=3e-2, atol=3e-2)

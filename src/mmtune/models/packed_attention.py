@@ -133,9 +133,14 @@ def document_block_mask(sample_ids: torch.Tensor) -> Any:
 
 
 def flex_packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:
-    """FlexAttention [B, H, T, D] under ``block_mask`` (:func:`document_block_mask`), GQA unrepeated."""
+    """FlexAttention [B, H, T, D] under ``block_mask`` (:func:`document_block_mask`), GQA unrepeated.
+
+    The inputs are made contiguous first: inside a compiled block, q and k come out of RoPE's
+    ``view_as_real`` as reinterpreted 5-d buffers, which inductor's FlexAttention lowering cannot
+    unpack (torch 2.13: "too many values to unpack"; tests/test_packed_attention.py)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    q, k, v = (z.contiguous() for z in (q, k, v))
     return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
