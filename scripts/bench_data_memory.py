@@ -2,12 +2,14 @@
 opened as a source, then read by a forked process as a DataLoader worker would; and the speed of
 ``mmtune data check`` on an Alpaca JSONL file.
 
-    .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem [--records 1000000] [--json] [--src other/checkout/src]
+    .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem [--records 1000000] [--format jsonl|json|parquet]
+        [--src other/checkout/src]
     .venv/bin/python scripts/bench_data_memory.py --work /tmp/datamem --check 100000 [--processes 2]
 
 ``--src`` runs another checkout's code on the same file (the "before" figures of docs/benchmarks.md). It
 prints the resident memory (VmRSS) of the process before and after opening the source, and of a forked
-child after it read 10,000 random records (its unique memory, ``Private_*`` of smaps_rollup, too), as JSON.
+child after it read 10,000 random records (its own memory, ``Private_Dirty`` of smaps_rollup: pages it
+wrote or copied; clean pages of a memory-mapped file are the page cache's, shared), as JSON.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ def rss():
     return int(status.split('VmRSS:')[1].split()[0]) // 1024
 def private():
     text = open('/proc/self/smaps_rollup').read()
-    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith('Private_')) // 1024
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith('Private_Dirty')) // 1024
 from mmtune.config import SourceConfig
 from mmtune.data.sources import open_source
 before = rss()
 start = time.perf_counter()
-source = open_source(SourceConfig(path=sys.argv[1], kind='manifest'))
+options = {'image_key': 'jpg'} if sys.argv[1].endswith('.parquet') else {}
+source = open_source(SourceConfig(path=sys.argv[1], kind='manifest', options=options))
 opened_s = time.perf_counter() - start
 opened = rss()
 read, write = os.pipe()
@@ -50,11 +53,19 @@ print(json.dumps({'records': len(source), 'rss_before_mib': before, 'rss_opened_
 
 
 def write_manifest(path: Path, records: int) -> None:
-    """``records`` caption entries, one JSON object a line, or one JSON list for a ``.json`` path (image
-    paths need not exist: not decoded here)."""
+    """``records`` caption entries, one JSON object a line, one JSON list for a ``.json`` path (image paths
+    need not exist: not decoded here), or a parquet table of image bytes and captions."""
     if path.is_file():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pixels = bytes(range(256)) * 4  # 1 KiB of stand-in image bytes per row
+        pq.write_table(pa.table({"jpg": [pixels] * records, "caption": [f"a photo number {i} of a shape"
+                                                                          for i in range(records)]}), path)
+        return
     as_list = path.suffix == ".json"
     with open(path, "w") as f:
         f.write("[" if as_list else "")
@@ -88,7 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--json", action="store_true", help="one JSON list instead of JSONL")
+    parser.add_argument("--format", choices=("jsonl", "json", "parquet"), default="jsonl",
+                        help="JSONL, one JSON list, or parquet with 1 KiB of image bytes per row")
     parser.add_argument("--check", type=int, default=0, metavar="N", help="time mmtune data check on N records")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"))
@@ -97,7 +109,7 @@ def main() -> None:
     if args.check:
         bench_check(args.work, args.check, args.processes, args.src)
         return
-    manifest = args.work / f"captions-{args.records}.{'json' if args.json else 'jsonl'}"
+    manifest = args.work / f"captions-{args.records}.{args.format}"
     write_manifest(manifest, args.records)
     env = dict(os.environ, PYTHONPATH=args.src)
     out = subprocess.run([sys.executable, "-c", MEASURE, str(manifest)], env=env, check=True, capture_output=True,

@@ -73,3 +73,22 @@ def test_a_local_json_list_is_indexed_and_a_remote_file_held_in_memory(tmp_path,
         remote = read_table(f"{url}/big.jsonl", "big")
     assert isinstance(remote.entries, list) and remote.entries == items
     assert remote.location(3) == f"{url}/big.jsonl:5"
+
+
+def test_a_local_parquet_file_is_read_through_a_memory_mapped_arrow_copy(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rows = [{"jpg": png_bytes(i), "caption": f"caption {i}"} for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "images.parquet", row_group_size=16)
+    table = read_table(str(tmp_path / "images.parquet"), "images")
+    copies = list((tmp_path / "cache" / "mmtune" / "arrow").glob("*.arrow"))
+    assert len(copies) == 1 and [table.entry(i) for i in range(50)] == rows
+    written = copies[0].stat().st_mtime_ns
+    assert read_table(str(tmp_path / "images.parquet"), "images").entry(49) == rows[49]
+    assert copies[0].stat().st_mtime_ns == written  # written once
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="junk.parquet: cannot read parquet"):
+        read_table(str(tmp_path / "junk.parquet"), "junk")
+    assert not list((tmp_path / "cache" / "mmtune" / "arrow").glob("*.partial"))

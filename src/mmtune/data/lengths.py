@@ -22,7 +22,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -32,7 +31,7 @@ import numpy as np
 from mmtune.data.badrecords import BadRecord
 from mmtune.data.encode import RecordEncoder, Skipped
 from mmtune.data.sources import MapSource
-from mmtune.data.sources.paths import is_remote
+from mmtune.data.sources.paths import cache_root, is_remote
 from mmtune.errors import DataError
 
 BAD = -2
@@ -44,8 +43,7 @@ VERSION = 2
 
 def default_cache_dir() -> str:
     """Where lengths are cached when ``data.cache_dir`` is unset."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "mmtune" / "lengths")
+    return str(cache_root() / "lengths")
 
 
 @dataclass(frozen=True)

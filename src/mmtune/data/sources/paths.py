@@ -10,12 +10,14 @@ Public API:
   is read with the standard library and a URL with another scheme (``s3://``, ``gs://``, ...) through
   fsspec, both resumed where they stopped when a connection drops
   (:func:`~mmtune.data.sources.remote.open_remote`); anything else is a local file.
-* :func:`is_remote`, :func:`resolve` (a relative path against a root).
+* :func:`is_remote`, :func:`resolve` (a relative path against a root), :func:`cache_root` (where derived
+  files are kept: ``$XDG_CACHE_HOME/mmtune``, default ``~/.cache/mmtune``).
 """
 
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 from typing import IO, Optional
@@ -78,3 +80,8 @@ def resolve(path: str, root: Optional[str]) -> str:
     if root is None or is_remote(path) or Path(path).is_absolute():
         return path
     return str(Path(root) / path)
+
+
+def cache_root() -> Path:
+    """The folder for files mmtune derives from data (lengths, Arrow copies): ``$XDG_CACHE_HOME/mmtune``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmtune"

@@ -13,24 +13,27 @@ A JSON file must hold a list of objects; a JSONL line, CSV or TSV row that is no
 skipped and reported with its line number. A local JSONL file or JSON list is parsed once when opened (to
 find its bad entries; a JSON list chunk by chunk, :func:`json_array_elements`) and then read through an
 index of byte spans (:class:`OffsetIndex`): an entry is read from the file when it is asked for, so memory
-holds 16 bytes per entry (plus its line number), not the entries. Parquet
-columns stay in Arrow memory (image bytes are only copied out when an entry is read).
+holds 16 bytes per entry (plus its line number), not the entries. A local parquet file is read through
+a memory-mapped Arrow copy (:func:`arrow_copy`, written once): its columns (image bytes included) stay in
+the page cache, shared by the processes, and an entry's values are copied out only when it is read.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import os
 import re
 from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Sequence
 
 from mmtune.data.badrecords import BadRecord
-from mmtune.data.sources.paths import is_remote, open_binary
+from mmtune.data.sources.paths import cache_root, is_remote, open_binary
 from mmtune.errors import DataError
 
 TABLE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -252,14 +255,43 @@ def _read_delimited(path: str, source: str, delimiter: str) -> Table:
 
 
 def _read_parquet(path: str) -> Table:
+    """A local file through its memory-mapped Arrow copy (:func:`arrow_copy`); a remote one in memory."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
+        if not is_remote(path):
+            return Table(path, pa.ipc.open_file(pa.memory_map(str(arrow_copy(path)))).read_all())
         with open_binary(path) as f:
             table = pq.read_table(f)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read parquet ({exc})") from None
     return Table(path, table.combine_chunks())
+
+
+def arrow_copy(path: str) -> Path:
+    """An uncompressed Arrow IPC copy of local parquet file ``path``, written once (batch by batch) under
+    ``cache_root()/arrow`` and keyed by the file's path, size and modification time. Read memory-mapped,
+    its pages are the page cache's, shared by every process that reads it, not copies in each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    info = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:32]
+    target = cache_root() / "arrow" / f"{key}.arrow"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    try:
+        source = pq.ParquetFile(path)
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, source.schema_arrow) as writer:
+            for batch in source.iter_batches(batch_size=1024):
+                writer.write_batch(batch)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def read_table(path: str, source: str) -> Table:
