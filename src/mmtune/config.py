@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from mmtune.config_values import FREE_FORM, build, hints, merge
+from mmtune.config_values import build, hints, merge, parse_overrides, read_yaml
 from mmtune.errors import ConfigError
 
 Part = Literal["frozen", "full"]
@@ -427,61 +427,6 @@ def _positive(obj: Any, path: str, *names: str) -> None:
         value = getattr(obj, name)
         if value is None or value <= 0:
             raise ConfigError(f"{path}.{name}", value, "a positive integer")
-
-
-def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """Reads a config file, following ``inherit:`` chains."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", str(path), "an existing YAML file")
-    if path.resolve() in _seen:
-        raise ConfigError("inherit", str(path), "a file that does not inherit itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError("config", f"{path}{where}", "valid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config", str(path), "a YAML mapping of sections")
-    parent = data.pop("inherit", None)
-    if parent:
-        data = merge(read_yaml(path.parent / parent, _seen + (path.resolve(),)), data)
-    return data
-
-
-def parse_overrides(argv: list[str]) -> dict:
-    """``["--training.lr", "1e-4", "--data.batching=padded"]`` -> nested dict of raw strings (typed by
-    the fields later), except inside free-form mappings, where values are read as YAML."""
-    out: dict = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ConfigError("override", arg, "--section.field VALUE")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise ConfigError(arg[2:], None, "a value after the option")
-            key, value = arg[2:], argv[i + 1]
-            i += 2
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _free_form_value(value) if set(FREE_FORM) & set(parents) else value
-    return out
-
-
-def _free_form_value(text: str) -> Any:
-    """A value for a key inside ``hf_config``/``options``, read as a YAML scalar or list (no field type
-    says what it is): ``0.1`` -> 0.1, ``true`` -> True, ``[1, 2]`` -> [1, 2]; otherwise the text."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

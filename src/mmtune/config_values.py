@@ -1,4 +1,5 @@
-"""Typed values from YAML and the command line: coercion of raw values and building config dataclasses.
+"""Typed values from YAML and the command line: reading config files (``inherit:`` chains) and dotted
+overrides, coercion of raw values and building config dataclasses.
 
 ``build(cls, mapping)`` turns a nested mapping (from YAML or dotted overrides) into dataclass ``cls``,
 resolving a section's ``preset`` first; ``coerce`` converts one raw value to a field's annotated type.
@@ -11,6 +12,7 @@ import dataclasses
 import functools
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
@@ -144,3 +146,56 @@ def merge(base: dict, extra: dict, whole_free_form: bool = True) -> dict:
     return out
 
 
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Reads a config file, following ``inherit:`` chains."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "an existing YAML file")
+    if path.resolve() in _seen:
+        raise ConfigError("inherit", str(path), "a file that does not inherit itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError("config", f"{path}{where}", "valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "a YAML mapping of sections")
+    parent = data.pop("inherit", None)
+    if parent:
+        data = merge(read_yaml(path.parent / parent, _seen + (path.resolve(),)), data)
+    return data
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """``["--training.lr", "1e-4", "--data.batching=padded"]`` -> nested dict of raw strings (typed by
+    the fields later), except inside free-form mappings, where values are read as YAML."""
+    out: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError("override", arg, "--section.field VALUE")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(arg[2:], None, "a value after the option")
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _free_form_value(value) if set(FREE_FORM) & set(parents) else value
+    return out
+
+
+def _free_form_value(text: str) -> Any:
+    """A value for a key inside ``hf_config``/``options``, read as a YAML scalar or list (no field type
+    says what it is): ``0.1`` -> 0.1, ``true`` -> True, ``[1, 2]`` -> [1, 2]; otherwise the text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
