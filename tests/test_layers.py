@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mmtune"
 LAYERS = [  # lowest first; folders and modules of one row may import each other
-    {"config", "config_values", "presets", "errors"},
+    {"config", "config_values", "presets", "errors", "machine"},
     {"models"},
     {"data"},
     {"training", "distributed", "formats"},
