@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -17,6 +18,7 @@ import torch
 
 import mmtune.data.sources as sources_module
 from data_factory import alpaca_items, caption_loader, config, write_json, write_shards
+from http_factory import serve
 from mmtune.config import SourceConfig, load_config
 from mmtune.data.loader import summary
 from mmtune.data.positions import Positions, from_ranges, to_ranges
@@ -112,24 +114,34 @@ def counted_reads(monkeypatch):
     return count
 
 
-def test_resume_reads_the_same_bounded_number_of_samples_at_10_and_90_percent(tmp_path, tok, counted_reads):
+@pytest.mark.parametrize("where", ["local", "http"])
+def test_resume_reads_the_same_bounded_number_of_samples_at_10_and_90_percent(tmp_path, tok, counted_reads, where):
+    """Counted on local shards and on shards served over HTTP (there also the shards downloaded again)."""
     shards, per_shard, buffer = 40, 10, 8
-    cfg = config([_shards(tmp_path, shards, per_shard)], micro=2, template="caption", shuffle_buffer=buffer)
-    reads = {}
-    for share in (0.1, 0.9):
-        first = caption_loader(cfg, tok)
-        it = iter(first)
-        for _ in range(int(share * shards * per_shard) // 2):
-            next(it)
-        resumed = caption_loader(cfg, tok)
-        resumed.load_state_dict(first.state_dict())
-        counted_reads[0] = 0
-        next(iter(resumed))
-        reads[share] = counted_reads[0]
+    source = _shards(tmp_path, shards, per_shard)
+    with contextlib.ExitStack() as stack:
+        if where == "http":
+            url, behaviour = stack.enter_context(serve(tmp_path / "shards"))
+            source.path = f"{url}/{{00000..{shards - 1:05d}}}.tar"
+        cfg = config([source], micro=2, template="caption", shuffle_buffer=buffer)
+        reads, fetched = {}, {}
+        for share in (0.1, 0.9):
+            first = caption_loader(cfg, tok)
+            it = iter(first)
+            for _ in range(int(share * shards * per_shard) // 2):
+                next(it)
+            resumed = caption_loader(cfg, tok)
+            resumed.load_state_dict(first.state_dict())
+            counted_reads[0] = 0
+            served = len(behaviour.requests) if where == "http" else 0
+            next(iter(resumed))
+            reads[share] = counted_reads[0]
+            fetched[share] = len(behaviour.requests) - served if where == "http" else 0
     # the buffer and a row, plus the rest of the shards begun (no more than the buffer's worth of them)
     bound = buffer + 2 + (buffer + 1) * per_shard
-    assert reads[0.1] <= bound and reads[0.9] <= bound, reads
+    assert 0 < reads[0.1] <= bound and 0 < reads[0.9] <= bound, reads
     assert 0.9 * shards * per_shard > 3 * bound  # replaying would have read far more
+    assert fetched[0.1] <= buffer + 1 and fetched[0.9] <= buffer + 1, fetched  # shards downloaded again
 
 
 def test_stream_shares_hold_the_weights_and_a_restarting_source_counts_its_epochs(tmp_path, tok):
