@@ -8,6 +8,7 @@ small synthetic world, with 4 rows per step: 4 micro-batches on 1 rank, 2 per ra
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,20 +36,37 @@ def _args(world: Path, out: Path) -> list[str]:
             "--training.global_batch_size", "4", "--training.micro_batch_size", "1"]
 
 
+def _torchrun_two(world: Path, out: Path, *extra: str) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mmtune", "train", CONFIG,
+           *_args(world, out), *extra]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _spreads(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["token_spread"] for r in records if "loss" in r]
+
+
 def test_two_ranks_match_one_rank_and_resume_on_one(world, tmp_path):
     regen = _regen_module()
     assert main(["train", CONFIG, *_args(world, tmp_path / "one")]) == 0
     one = regen.losses(tmp_path / "one")
 
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mmtune", "train", CONFIG,
-           *_args(world, tmp_path / "two")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_two(world, tmp_path / "two")
     two = regen.losses(tmp_path / "two")
     assert len(one) == len(two) == regen.STEPS
     assert two == pytest.approx(one, abs=1e-5)
+
+    # balanced steps (data.balance): the same rows per step dealt by cost, so the same losses, less spread
+    pair = ("--training.micro_batch_size", "2")  # one group of 4 rows a step: 2 per rank to deal
+    _torchrun_two(world, tmp_path / "in_order", *pair)
+    _torchrun_two(world, tmp_path / "balanced", *pair, "--data.balance", "true", "--data.image_cost", "16")
+    assert regen.losses(tmp_path / "balanced") == pytest.approx(one, abs=1e-5)
+    plain, balanced = _spreads(tmp_path / "in_order"), _spreads(tmp_path / "balanced")
+    assert all(1.0 <= b <= p for b, p in zip(balanced, plain)) and sum(balanced) < sum(plain), (plain, balanced)
 
     saved = ckpt.list_checkpoints(tmp_path / "two")
     assert [ckpt.read_info(p)["world_size"] for p in saved] == [2, 2]

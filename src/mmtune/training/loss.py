@@ -31,18 +31,21 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def step_counts(micro_batches: Sequence[Batch], group: Optional[dist.ProcessGroup] = None,
                 device: Optional[torch.device] = None) -> dict[str, int]:
     """Supervised tokens, real tokens and samples in all ``micro_batches`` of this step, summed over
-    ``group`` with one all-reduce, and the real tokens of the busiest rank (``tokens_max_rank``, a second).
+    ``group`` with one all-reduce, and ``tokens_max_rank`` (a second): the real tokens of the busiest rank
+    of each micro-batch, summed over the micro-batches (ranks wait for each other at every micro-batch).
 
     Real tokens have ``sample_ids >= 0``; a row holds ``max(sample_ids) + 1`` samples.
     """
-    supervised = tokens = samples = 0
+    supervised = samples = 0
+    per_micro = []
     for b in micro_batches:
         supervised += int((b.labels != IGNORE_INDEX).sum())
-        tokens += int((b.sample_ids >= 0).sum())
+        per_micro.append(int((b.sample_ids >= 0).sum()))
         samples += int((b.sample_ids.amax(dim=1) + 1).sum())
-    counts = torch.tensor([supervised, tokens, samples], dtype=torch.int64, device=device)
-    busiest = torch.tensor([tokens], dtype=torch.int64, device=device)
+    counts = torch.tensor([supervised, sum(per_micro), samples], dtype=torch.int64, device=device)
+    busiest = torch.tensor(per_micro or [0], dtype=torch.int64, device=device)
     counts = all_reduce_sum(counts, group).tolist()
     if dist.is_initialized():
         dist.all_reduce(busiest, op=dist.ReduceOp.MAX, group=group)
-    return {"supervised": counts[0], "tokens": counts[1], "samples": counts[2], "tokens_max_rank": int(busiest)}
+    return {"supervised": counts[0], "tokens": counts[1], "samples": counts[2],
+            "tokens_max_rank": int(busiest.sum())}
