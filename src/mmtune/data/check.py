@@ -142,28 +142,32 @@ class _Job:
                             self.image_token_id)
         return s, tally, sum(c.read for c in tally.stats.sources.values())
 
-    def serve(self, units: list[Unit], queue: Any) -> None:
-        """Runs ``units`` in a forked process, sending each result (or the error) to ``queue``."""
+    def serve(self, units: list[tuple[int, Unit]], queue: Any) -> None:
+        """Runs the numbered ``units`` in a forked process, sending each ``(number, result)`` (or the
+        error) to ``queue``."""
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            for unit in units:
-                queue.put(self.run(unit))
+            for number, unit in units:
+                queue.put((number, self.run(unit)))
         except Exception as exc:  # noqa: BLE001 (reported by the parent as one line)
             queue.put(("error", f"{type(exc).__name__}: {exc}", 0))
         queue.put(None)
 
 
 def _results(job: _Job, units: list[Unit], processes: int) -> Iterator[tuple[int, Tally, int]]:
+    """The result of every unit, in the order of ``units`` whatever the processes' pace (so the first bad
+    records reported are the first in the sources, the same on every run)."""
     if processes <= 1:
         yield from map(job.run, units)
         return
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    workers = [context.Process(target=job.serve, args=(units[p::processes], queue), daemon=True)
+    numbered = list(enumerate(units))
+    workers = [context.Process(target=job.serve, args=(numbered[p::processes], queue), daemon=True)
                for p in range(processes)]
     for worker in workers:
         worker.start()
-    running = processes
+    running, waiting, following = processes, {}, 0
     try:
         while running:
             item = queue.get()
@@ -172,7 +176,10 @@ def _results(job: _Job, units: list[Unit], processes: int) -> Iterator[tuple[int
             elif item[0] == "error":
                 raise DataError(f"data check: a checking process failed: {item[1]}")
             else:
-                yield item
+                waiting[item[0]] = item[1]
+            while following in waiting:
+                yield waiting.pop(following)
+                following += 1
     finally:
         for worker in workers:
             worker.join(timeout=1)
