@@ -1,12 +1,17 @@
-"""Does a quickstart model's image features say where each shape is? A linear probe, held-out scored.
+"""Where a quickstart model's "where is the ...?" answers go wrong: a cell probe and a split by row.
 
-    python scripts/quickstart_probe.py RUN_DIR [--stage stage1|stage2] [--train-images 1500]
+    python scripts/quickstart_probe.py RUN_DIR [--stage stage1|stage2] [--train-images 1500] [--where]
 
 RUN_DIR is a ``mmtune quickstart --out`` folder. For every shape of an image, the mean of the connector's
 output at the shape's cell (the 2 x 2 image tokens over it, of the 4 x 4 a 32 px image gives) is one
 example; its label is the cell. A softmax-regression probe is fitted on the first stage-2 training images
 and scored on the held-out images. High accuracy: the cell can be read off the image tokens by one
 linear map (what a decoder head answering "where is the ...?" needs); low: it cannot.
+
+``--where`` also answers the held-out "where is the ...?" questions with the stage-2 model and splits
+the accuracy by whether the asked-about shape shares its row with another shape: the second word of the
+answer ("left"/"right") then needs the shape found again by its colour and kind, not by its row.
+The mlp connector only (its image tokens form the image's grid; the Q-Former's queries do not).
 """
 
 from __future__ import annotations
@@ -65,6 +70,34 @@ def probe_accuracy(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.T
                      for x, y in ((xtr, ytr), (xte, yte)))
 
 
+def where_by_row(items: Sequence[tuple[str, str, Sequence[Sequence[str]]]]) -> dict[str, list[int]]:
+    """{"shared row" | "alone in its row": [right, asked]} over (question, answer, scene) triples of
+    "where is the ...?" questions; ``scene`` is [(kind, colour, position), ...]."""
+    out: dict[str, list[int]] = {"shared row": [0, 0], "alone in its row": [0, 0]}
+    for question, answer, scene in items:
+        colour, kind = question.removeprefix("where is the ").rstrip("?").split()
+        target = next(pos for k, c, pos in scene if (k, c) == (kind, colour))
+        crowded = sum(pos.split()[0] == target.split()[0] for _, _, pos in scene) > 1
+        tally = out["shared row" if crowded else "alone in its row"]
+        tally[0] += answer.strip() == target
+        tally[1] += 1
+    return out
+
+
+def _where_items(run_dir: Path) -> list[tuple[str, str, Sequence[Sequence[str]]]]:
+    """The stage-2 model's answers to the held-out "where is the ...?" questions, with their scenes."""
+    from mmtune.evaluation.runner import Predictor, load_items
+
+    held = run_dir / "world" / "heldout"
+    scenes = {json.loads(line)["image"]: json.loads(line)["scene"]
+              for line in (held / "captions.jsonl").read_text().splitlines()}
+    items = [i for i in load_items(str(held / "vqa.json"), "vqa")
+             if i.record.messages[-1].content.split("\n")[-1].startswith("where is the ")]
+    Predictor.from_dir(str(run_dir / "stage2"), "llava_v1", system_prompt="").predict(items, desc="where")
+    return [(i.record.messages[-1].content.split("\n")[-1], i.prediction,
+             scenes[f"images/{Path(str(i.record.image)).name}"]) for i in items]
+
+
 def world_examples(world: Path, train_images: int) -> tuple[list[Example], list[Example]]:
     """(the first stage-2 training images, the held-out images) of a written world, with their shapes."""
     seed = json.loads((world / "world.json").read_text())["seed"]
@@ -82,6 +115,7 @@ def main() -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--stage", choices=("stage1", "stage2"), default="stage2")
     p.add_argument("--train-images", type=int, default=1500)
+    p.add_argument("--where", action="store_true", help="also split 'where is the ...?' accuracy by row")
     args = p.parse_args()
     engine = Engine.from_dir(args.run_dir / args.stage)
 
@@ -92,8 +126,10 @@ def main() -> int:
 
     train, test = world_examples(args.run_dir / "world", args.train_images)
     fit, held = probe_accuracy(examples(encode, train), examples(encode, test))
-    print(json.dumps({"model": str(args.run_dir / args.stage), "probe_train": round(fit, 3),
-                      "probe_heldout": round(held, 3)}))
+    result = {"model": str(args.run_dir / args.stage), "probe_train": round(fit, 3), "probe_heldout": round(held, 3)}
+    if args.where:
+        result["where_right_asked"] = where_by_row(_where_items(args.run_dir))
+    print(json.dumps(result))
     return 0
 
 

@@ -51,3 +51,11 @@ def test_tokens_that_are_not_a_grid_are_refused():
 
     with pytest.raises(ValueError, match="32 image tokens do not form an even square grid"):
         probe.examples(lambda path: torch.zeros(32, 8), _images(1, 0))
+
+
+def test_where_by_row_splits_by_a_second_shape_in_the_row():
+    scene = [("circle", "red", "top left"), ("square", "blue", "top right"), ("circle", "blue", "bottom left")]
+    items = [("where is the red circle?", "top left", scene),         # shares the top row: right
+             ("where is the blue square?", "top left", scene),        # shares the top row: wrong column
+             ("where is the blue circle?", "bottom left ", scene)]    # alone in the bottom row: right
+    assert probe.where_by_row(items) == {"shared row": [1, 2], "alone in its row": [1, 1]}
