@@ -9,8 +9,8 @@ and scored on the held-out images. High accuracy: the cell can be read off the i
 linear map (what a decoder head answering "where is the ...?" needs); low: it cannot.
 
 ``--where`` also answers the held-out "where is the ...?" questions with the stage-2 model and splits
-the accuracy by whether the asked-about shape shares its row with another shape: the second word of the
-answer ("left"/"right") then needs the shape found again by its colour and kind, not by its row.
+the accuracy by whether the asked-about shape shares its row with another shape (then the row alone
+does not tell which shape was meant).
 The mlp connector only (its image tokens form the image's grid; the Q-Former's queries do not).
 """
 
@@ -84,28 +84,29 @@ def where_by_row(items: Sequence[tuple[str, str, Sequence[Sequence[str]]]]) -> d
     return out
 
 
-def _where_items(run_dir: Path) -> list[tuple[str, str, Sequence[Sequence[str]]]]:
+def _where_items(run_dir: Path, held: Sequence[Example]) -> list[tuple[str, str, Sequence[Sequence[str]]]]:
     """The stage-2 model's answers to the held-out "where is the ...?" questions, with their scenes."""
     from mmtune.evaluation.runner import Predictor, load_items
 
-    held = run_dir / "world" / "heldout"
-    scenes = {json.loads(line)["image"]: json.loads(line)["scene"]
-              for line in (held / "captions.jsonl").read_text().splitlines()}
-    items = [i for i in load_items(str(held / "vqa.json"), "vqa")
-             if i.record.messages[-1].content.split("\n")[-1].startswith("where is the ")]
-    Predictor.from_dir(str(run_dir / "stage2"), "llava_v1", system_prompt="").predict(items, desc="where")
-    return [(i.record.messages[-1].content.split("\n")[-1], i.prediction,
-             scenes[f"images/{Path(str(i.record.image)).name}"]) for i in items]
+    scenes = {path.name: shapes for path, shapes in held}
+    asked = [(i, i.record.messages[-1].content.split("\n")[-1])
+             for i in load_items(str(run_dir / "world" / "heldout" / "vqa.json"), "vqa")]
+    asked = [(i, question) for i, question in asked if question.startswith("where is the ")]
+    Predictor.from_dir(str(run_dir / "stage2"), "llava_v1", system_prompt="").predict([i for i, _ in asked],
+                                                                                       desc="where")
+    return [(question, i.prediction, scenes[Path(str(i.record.image)).name]) for i, question in asked]
 
 
 def world_examples(world: Path, train_images: int) -> tuple[list[Example], list[Example]]:
     """(the first stage-2 training images, the held-out images) of a written world, with their shapes."""
+    from mmtune.evaluation.runner import load_items
+
     seed = json.loads((world / "world.json").read_text())["seed"]
     records = json.loads((world / "stage2" / "llava.json").read_text())[:train_images]
     scenes = sample_scenes(seed * 4 + 2, len(records), held_out=False)  # the writer's draw of stage-2 scenes
     train = [(world / "images" / r["image"], [s.fact for s in scene.shapes]) for r, scene in zip(records, scenes)]
-    held = [json.loads(line) for line in (world / "heldout" / "captions.jsonl").read_text().splitlines()]
-    return train, [(world / "heldout" / h["image"], h["scene"]) for h in held]
+    held = load_items(str(world / "heldout" / "captions.jsonl"), "caption")
+    return train, [(Path(str(i.record.image)), i.scene) for i in held]
 
 
 def main() -> int:
@@ -128,7 +129,7 @@ def main() -> int:
     fit, held = probe_accuracy(examples(encode, train), examples(encode, test))
     result = {"model": str(args.run_dir / args.stage), "probe_train": round(fit, 3), "probe_heldout": round(held, 3)}
     if args.where:
-        result["where_right_asked"] = where_by_row(_where_items(args.run_dir))
+        result["where_right_asked"] = where_by_row(_where_items(args.run_dir, test))
     print(json.dumps(result))
     return 0
 
